@@ -1,0 +1,215 @@
+"""Run configuration: nested dataclasses, TOML files, dotted ``--set`` overrides, validation.
+
+Every mistake becomes a :class:`~evolm.errors.UsageError` naming the field, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evolm.errors import UsageError
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # "" = the embedded CPython documentation corpus
+    val_fraction: float = 0.1  # the last 10% of the tokens validate
+    batch_size: int = 16  # fitness batch: one batch of windows shared by the whole generation
+    val_sequences: int = 64  # fixed validation windows, the same every generation
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gpt"  # gpt | lstm
+    context: int = 64
+    width: int = 64
+    layers: int = 2
+    heads: int = 4  # gpt only
+    ff: int = 256  # gpt only
+    dropout: float = 0.0
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "es"
+    population_size: int = 48  # must be even for es (antithetic pairs)
+    sigma: float = 0.02  # noise scale (Salimans et al. 2017 use 0.02)
+    learning_rate: float = 0.03  # Adam step on the ES gradient estimate
+    weight_decay: float = 0.0  # L2 coefficient applied with the Adam step
+
+
+@dataclass
+class GenomeConfig:
+    name: str = "seed"
+    params: str = ".*"  # regex over parameter names: which tensors evolve
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    generations: int = 150
+    device: str = "cpu"
+    name: str = ""  # run name; "" derives one from the strategy, model and seed
+    threads: int = 0  # torch threads; 0 leaves torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    genome: GenomeConfig = field(default_factory=GenomeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, expected: Any, key: str) -> Any:
+    """Convert ``value`` (from TOML or a ``--set`` string) to the field's type, or raise UsageError."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        options = [t for t in typing.get_args(expected) if t is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        expected = options[0]
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UsageError(f"config field {key} must be true or false, got {value!r}")
+    if expected is int:
+        if isinstance(value, bool):
+            raise UsageError(f"config field {key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UsageError(f"config field {key} must be an integer, got {value!r}")
+    if expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UsageError(f"config field {key} must be a number, got {value!r}")
+    if expected is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UsageError(f"config field {key} must be a string, got {value!r}")
+    raise UsageError(f"config field {key} has an unsupported type")  # pragma: no cover
+
+
+def _apply_mapping(target, mapping: dict, prefix: str = "") -> None:
+    types_ = _field_types(type(target))
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if key not in types_:
+            raise UsageError(f"unknown config key {dotted}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UsageError(f"config field {dotted} must be a table of settings, got {value!r}")
+            _apply_mapping(current, value, prefix=f"{dotted}.")
+        else:
+            setattr(target, key, _coerce(value, types_[key], dotted))
+
+
+def set_dotted(config: RunConfig, key: str, value: Any) -> None:
+    """Set ``config.<key>`` from a dotted path such as ``model.width``, coercing the value's type."""
+    target = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = getattr(target, part, None) if part in _field_types(type(target)) else None
+        if not dataclasses.is_dataclass(child):
+            raise UsageError(f"unknown config key {'.'.join(parts[: depth + 1])}")
+        target = child
+    _apply_mapping(target, {parts[-1]: value}, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise UsageError(f"--set expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {path} is a folder, not a TOML file") from None
+    except OSError as error:
+        raise UsageError(f"config file {path} cannot be read: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def build_config(toml_path: str | Path | None = None, overrides: list[tuple[str, Any]] = ()) -> RunConfig:
+    """Defaults, then the TOML file, then overrides in order; validated."""
+    config = RunConfig()
+    if toml_path is not None:
+        _apply_mapping(config, load_toml(toml_path))
+    for key, value in overrides:
+        set_dotted(config, key, value)
+    validate(config)
+    return config
+
+
+def config_from_dict(mapping: dict) -> RunConfig:
+    config = RunConfig()
+    _apply_mapping(config, mapping)
+    validate(config)
+    return config
+
+
+def _positive(value, key):
+    if value <= 0:
+        raise UsageError(f"config field {key} must be positive, got {value}")
+
+
+def validate(config: RunConfig) -> None:
+    from evolm.models import MODEL_NAMES
+    from evolm.strategies import STRATEGIES
+
+    for key in ("generations", "data.batch_size", "data.val_sequences", "strategy.population_size",
+                "model.context", "model.width", "model.layers", "model.heads", "model.ff", "strategy.sigma"):
+        obj = config
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        _positive(obj, key)
+    if not 0.0 < config.data.val_fraction < 1.0:
+        raise UsageError(f"config field data.val_fraction must be between 0 and 1, got {config.data.val_fraction}")
+    if config.model.name not in MODEL_NAMES:
+        raise UsageError(f"config field model.name: unknown model {config.model.name!r} (choose from {', '.join(MODEL_NAMES)})")
+    if config.model.name == "gpt" and config.model.width % config.model.heads:
+        raise UsageError(f"config field model.width ({config.model.width}) must be divisible by model.heads ({config.model.heads})")
+    if config.strategy.name not in STRATEGIES:
+        raise UsageError(f"config field strategy.name: unknown strategy {config.strategy.name!r} (choose from {', '.join(STRATEGIES)})")
+    if config.threads < 0:
+        raise UsageError(f"config field threads must be 0 (torch's default) or positive, got {config.threads}")
+    if config.device not in ("cpu", "cuda") and not config.device.startswith("cuda:"):
+        raise UsageError(f"config field device must be cpu or cuda, got {config.device!r}")
+    import re
+
+    try:
+        re.compile(config.genome.params)
+    except re.error as error:
+        raise UsageError(f"config field genome.params is not a valid regular expression: {error}") from None
+    STRATEGIES[config.strategy.name].validate(config)

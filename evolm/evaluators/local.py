@@ -1,0 +1,26 @@
+"""In-process evaluation: one worker, individuals scored one after another."""
+
+from __future__ import annotations
+
+
+class LocalEvaluator:
+    """Evaluates on the driver's own worker. ``map`` is DEAP's seam (``toolbox.register("map", ...)``)."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def evaluate(self, population: list, generation: int) -> list[tuple[float, ...]]:
+        return self.worker.evaluate([list(ind) for ind in population], generation)
+
+    def map(self, function, iterable):
+        return list(map(function, iterable))
+
+    def apply_update(self, update) -> None:
+        self.worker.apply_update(update)
+
+    @property
+    def forward_tokens(self) -> int:
+        return self.worker.forward_tokens
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,83 @@
+"""OpenAI-ES (Salimans et al. 2017, "Evolution Strategies as a Scalable Alternative to Reinforcement
+Learning", arXiv:1703.03864).
+
+Antithetic pairs ``center ± sigma * eps`` with ``eps`` regenerated from an integer seed,
+centered-rank fitness shaping, and an Adam step on the gradient estimate
+``g = 1/(N sigma) * sum_i rank_i * eps_i``. The update travels to workers as ``(seeds,
+coefficients)``: each worker regenerates the noise and takes the identical Adam step itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evolm.errors import UsageError
+from evolm.individuals import make_individual
+from evolm.seeding import numpy_generator
+from evolm.strategies.base import Strategy, centered_ranks
+
+SEED_RANGE = 2**31 - 1
+
+
+@dataclass
+class EsUpdate:
+    """Gradient ascent direction ``sum_k coefficient_k * eps(seed_k)``, applied with each worker's Adam."""
+
+    seeds: list[int]
+    coefficients: list[float]
+
+    def apply(self, worker) -> None:
+        space = worker.space
+        optimizer = worker.center_optimizer()
+        for index, parameter in enumerate(space.parameters):
+            gradient = space.combined_noise(self.seeds, self.coefficients, index)
+            # torch optimisers minimise: the ascent direction enters as a negative gradient.
+            parameter.grad = gradient.neg_().to(parameter.dtype)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        space.commit()
+
+
+class OpenAIES(Strategy):
+    name = "es"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.sigma = config.strategy.sigma
+        self.population_size = config.strategy.population_size
+        self.run_seed = config.seed
+        self._seeds: list[int] = []
+
+    @staticmethod
+    def validate(config) -> None:
+        if config.strategy.population_size % 2:
+            raise UsageError(
+                f"config field strategy.population_size must be even for es (antithetic pairs), "
+                f"got {config.strategy.population_size}"
+            )
+        if config.genome.name != "seed":
+            raise UsageError(f"config field genome.name: es supports the seed genome, got {config.genome.name!r}")
+
+    def ask(self, generation: int) -> list:
+        rng = numpy_generator(self.run_seed, "es-noise", generation)
+        self._seeds = [int(s) for s in rng.integers(0, SEED_RANGE, self.population_size // 2)]
+        population = []
+        for seed in self._seeds:
+            population.append(make_individual([(seed, self.sigma)]))
+            population.append(make_individual([(seed, -self.sigma)]))
+        return population
+
+    def _tell(self, population, values: np.ndarray, generation: int):
+        shaped = centered_ranks(values)
+        plus, minus = shaped[0::2], shaped[1::2]
+        scale = 1.0 / (len(values) * self.sigma)
+        coefficients = [float(c) for c in (plus - minus) * scale]
+        return {"sigma": self.sigma}, EsUpdate(list(self._seeds), coefficients)
+
+
+def make_center_optimizer(parameters, config) -> torch.optim.Optimizer:
+    """Adam over the evolving tensors, as in Salimans et al. (their L2 coefficient is weight_decay)."""
+    return torch.optim.Adam(parameters, lr=config.strategy.learning_rate, weight_decay=config.strategy.weight_decay)

@@ -1,0 +1,133 @@
+"""A worker: the corpus, the model, its parameter space, genome and fitness, built once from the run config.
+
+The in-process evaluator holds one worker; each Ray actor holds its own. A worker receives genes
+and a generation number, never weights, and applies strategy updates (seeds and coefficients)
+to its own model, so every worker's model stays identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from evolm.data import Corpus
+from evolm.errors import UsageError
+from evolm.fitness import LikelihoodFitness, mean_log_likelihood
+from evolm.genome import ParamSpace, make_genome
+from evolm.models import GPT, GPTConfig, LSTMConfig, LSTMLanguageModel
+from evolm.seeding import scoped_torch_seed, torch_generator
+
+
+def build_model(model_config, seed: int):
+    """The configured model under PyTorch's default initialisation, seeded by the run seed."""
+    with scoped_torch_seed(seed):
+        if model_config.name == "gpt":
+            return GPT(
+                GPTConfig(
+                    context=model_config.context,
+                    width=model_config.width,
+                    layers=model_config.layers,
+                    heads=model_config.heads,
+                    ff=model_config.ff,
+                    dropout=model_config.dropout,
+                )
+            )
+        return LSTMLanguageModel(LSTMConfig(width=model_config.width, layers=model_config.layers, dropout=model_config.dropout))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"config field device is {name!r} but no CUDA device is available here")
+    return torch.device(name)
+
+
+class Worker:
+    """Scores genomes against a model in place. Build one for the configured language model with
+    :meth:`from_config`, or from your own pieces (any module, parameter space, genome and fitness)."""
+
+    def __init__(self, model, space, genome, fitness, batch_for_generation, optimizer_factory, validation=None):
+        self.model = model
+        self.space = space
+        self.genome = genome
+        self.fitness = fitness
+        self._batch_for_generation = batch_for_generation
+        self._optimizer_factory = optimizer_factory
+        self._validation = validation
+        self.forward_tokens = 0
+        self._optimizer = None
+        self._batch_generation = None
+        self._batch = None
+
+    @classmethod
+    def from_config(cls, config, corpus: Corpus | None = None) -> "Worker":
+        """The corpus, model, parameter space, genome and fitness of a run config."""
+        from evolm.strategies.es import make_center_optimizer
+
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = resolve_device(config.device)
+        corpus = corpus or Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
+        model = build_model(config.model, config.seed).to(device).eval()
+        space = ParamSpace(model, config.genome.params)
+        val_batch = corpus.validation_batch(config.data.val_sequences).to(device)
+
+        def batch_for_generation(generation: int):
+            # The generation's shared training batch (common random numbers), from a derived seed.
+            generator = torch_generator(config.seed, "fitness-batch", generation)
+            return corpus.sample_batch(config.data.batch_size, generator).to(device)
+
+        worker = cls(
+            model,
+            space,
+            make_genome(config.genome.name, space),
+            LikelihoodFitness(),
+            batch_for_generation,
+            lambda parameters: make_center_optimizer(parameters, config),
+            validation=lambda m: -mean_log_likelihood(m, val_batch),
+        )
+        worker.corpus = corpus
+        worker.device = device
+        return worker
+
+    def center_optimizer(self):
+        """The optimiser of the base (center) weights, made on first use by strategies that step it."""
+        if self._optimizer is None:
+            self._optimizer = self._optimizer_factory(self.space.parameters)
+        return self._optimizer
+
+    def fitness_batch(self, generation: int):
+        if self._batch_generation != generation:
+            self._batch = self._batch_for_generation(generation)
+            self._batch_generation = generation
+        return self._batch
+
+    @torch.no_grad()
+    def evaluate(self, genes_list, generation: int) -> list[tuple[float, ...]]:
+        """Fitness of each genome: apply in place, score, restore the base weights."""
+        batch = self.fitness_batch(generation)
+        tokens = getattr(batch, "num_tokens", 0)
+        results = []
+        for genes in genes_list:
+            self.genome.apply(self.model, genes)
+            try:
+                results.append(self.fitness(self.model, batch))
+            finally:
+                self.genome.undo(self.model, genes)
+            self.forward_tokens += tokens
+        return results
+
+    def apply_update(self, update) -> None:
+        if update is not None:
+            update.apply(self)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        return self._validation(self.model) if self._validation else float("nan")
+
+    def checksum(self) -> str:
+        """A cheap fingerprint of the base weights, to check that workers agree."""
+        digest = hashlib.blake2b(digest_size=8)
+        for tensor in self.space.tensors:
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        return digest.hexdigest()

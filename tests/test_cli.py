@@ -1,0 +1,109 @@
+"""``evolm run`` as a real subprocess: it learns, writes valid files, repeats itself, and refuses bad input."""
+
+import json
+import math
+import tomllib
+
+import pytest
+from safetensors.torch import load_file
+
+WALL_CLOCK = {"wall_seconds"}
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_wall_clock(rows):
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from conftest import TINY, run_cli
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_cli("run", *TINY, "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_run_lowers_validation_loss_and_writes_valid_files(tiny_run):
+    out, result = tiny_run
+    assert "parameters" in result.stdout  # the parameter count is printed at start
+    config = tomllib.loads((out / "config.toml").read_text())
+    assert config["strategy"]["population_size"] == 16 and config["model"]["width"] == 32
+    rows = read_metrics(out)
+    assert [row["generation"] for row in rows] == list(range(12))
+    for key in ("generation", "wall_seconds", "evaluations", "forward_tokens", "best_fitness",
+                "mean_fitness", "std_fitness", "val_loss"):
+        assert all(key in row for row in rows), key
+    assert rows[-1]["evaluations"] == 12 * 16
+    assert rows[-1]["forward_tokens"] == 12 * 16 * 8 * 32
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("method", "generations", "evaluations", "forward_tokens", "wall_seconds",
+                "val_loss_initial", "val_loss_final", "best_fitness"):
+        assert key in summary, key
+    assert summary["method"] == "es"
+    assert summary["val_loss_final"] < summary["val_loss_initial"] - 0.2, summary
+    assert math.isclose(summary["val_loss_final"], rows[-1]["val_loss"])
+    weights = load_file(str(out / "model.safetensors"))
+    assert "head.weight" in weights and weights["head.weight"].shape == (256, 32)
+
+
+def test_same_seed_gives_the_same_metrics(tiny_run, tmp_path, cli, tiny_args):
+    out, _ = tiny_run
+    again = tmp_path / "again"
+    result = cli("run", *tiny_args, "--out", str(again), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert without_wall_clock(read_metrics(again)) == without_wall_clock(read_metrics(out))
+
+
+def test_existing_run_is_not_overwritten(tiny_run, cli, tiny_args):
+    out, _ = tiny_run
+    before = (out / "metrics.jsonl").read_bytes()
+    result = cli("run", *tiny_args, "--out", str(out), "--quiet")
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert (out / "metrics.jsonl").read_bytes() == before
+
+
+def _write(path, content, binary=False):
+    (path.write_bytes if binary else path.write_text)(content)
+    return str(path)
+
+
+BAD_INPUTS = [
+    ("missing data path", lambda p: ["--data", str(p / "nope.txt")], "nope.txt does not exist"),
+    ("empty data file", lambda p: ["--data", _write(p / "empty.txt", "")], "is empty"),
+    ("corpus shorter than a window", lambda p: ["--data", _write(p / "short.txt", "tiny")], "too short"),
+    ("non-UTF-8 file", lambda p: ["--data", _write(p / "latin.txt", "caf\xe9 ".encode("latin-1") * 99, True)], "not UTF-8"),
+    ("unknown model", lambda p: ["--model", "rnn"], "unknown model 'rnn'"),
+    ("zero population", lambda p: ["--population-size", "0"], "strategy.population_size must be positive"),
+    ("negative generations", lambda p: ["--generations", "-3"], "generations must be positive"),
+    ("non-integer generations", lambda p: ["--generations", "many"], "generations must be an integer"),
+    ("unknown --set key", lambda p: ["--set", "model.depth=3"], "unknown config key model.depth"),
+    ("unknown --set section", lambda p: ["--set", "optimizer.lr=3"], "unknown config key optimizer"),
+    ("--set without =", lambda p: ["--set", "model.width"], "--set expects KEY=VALUE"),
+    ("missing config file", lambda p: ["--config", str(p / "none.toml")], "none.toml does not exist"),
+    ("invalid TOML", lambda p: ["--config", _write(p / "bad.toml", "model = [")], "not valid TOML"),
+    ("unknown TOML key", lambda p: ["--config", _write(p / "k.toml", "[model]\ncolour = 3\n")], "unknown config key model.colour"),
+    ("odd es population", lambda p: ["--population-size", "7"], "must be even"),
+    ("cuda where none is present", lambda p: ["--device", "cuda"], "no CUDA device"),
+    ("unknown option", lambda p: ["--colour", "red"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("name, make_args, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_one_line_and_exit_2(tmp_path, cli, name, make_args, message):
+    if name == "cuda where none is present":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    # --generations 1 comes first so a case's own --generations wins (argparse keeps the last).
+    result = cli("run", "--generations", "1", *make_args(tmp_path), "--out", str(tmp_path / "out"), "--quiet", timeout=60)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # a refused run leaves no half-made run folder
