@@ -51,6 +51,26 @@ class GenomeConfig:
 
 
 @dataclass
+class FitnessConfig:
+    terms: str = "likelihood=1"  # weighted terms, e.g. "likelihood=1,self=0.5,diversity=0.2"
+    prompts: int = 8  # prompts drawn from the training text per generation (self/diversity/margin terms)
+    prompt_tokens: int = 16  # length of each prompt
+    generate_tokens: int = 32  # continuation length the candidate writes
+    temperature: float = 1.0  # sampling temperature of the candidate's generations
+    scorer: str = "self"  # self: the candidate judges itself; reference: the frozen initial model judges
+    margin: float = 1.0  # m in the margin term max(0, m + s_n - s_p)
+    novelty: bool = False  # add distance of n-gram profile to the rest of the population
+
+
+@dataclass
+class EvaluatorConfig:
+    workers: int = 0  # 0: in-process; N: N Ray actors (a local Ray runtime unless ray_address is set)
+    ray_address: str = ""  # "auto" or HOST:PORT of an existing Ray cluster
+    threads_per_worker: int = 1  # torch threads inside each actor
+    gpus_per_worker: float = 0.0  # fractional GPUs per actor, e.g. 0.25
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     generations: int = 150
@@ -61,6 +81,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     genome: GenomeConfig = field(default_factory=GenomeConfig)
+    fitness: FitnessConfig = field(default_factory=FitnessConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -212,4 +234,9 @@ def validate(config: RunConfig) -> None:
         re.compile(config.genome.params)
     except re.error as error:
         raise UsageError(f"config field genome.params is not a valid regular expression: {error}") from None
+    if config.evaluator.workers < 0:
+        raise UsageError(f"config field evaluator.workers must be 0 (in-process) or positive, got {config.evaluator.workers}")
+    from evolm.fitness import validate_fitness_config
+
+    validate_fitness_config(config)
     STRATEGIES[config.strategy.name].validate(config)

@@ -18,7 +18,7 @@ import tomli_w
 from safetensors.torch import save_file
 
 from evolm.errors import UsageError
-from evolm.evaluators import LocalEvaluator
+from evolm.evaluators import make_evaluator
 from evolm.models import count_parameters
 from evolm.strategies import make_strategy
 from evolm.worker import Worker
@@ -103,7 +103,7 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
     worker = Worker.from_config(config)  # corpus and model errors surface before anything is written
     prepare_run_dir(out_dir, overwrite)
     (out_dir / "config.toml").write_text(tomli_w.dumps(_toml_ready(config.to_dict())))
-    evaluator = LocalEvaluator(worker)
+    evaluator = make_evaluator(config, worker)
     strategy = make_strategy(config)
     log(
         f"evolm: {config.model.name} with {count_parameters(worker.model):,} parameters "
@@ -132,6 +132,8 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
                     "forward_tokens": evaluator.forward_tokens,
                     **step_metrics,
                     "val_loss": worker.validation_loss(),
+                    # Transport figures (actors alive, bytes sent) are prefixed evaluator_: they vary by backend.
+                    **{f"evaluator_{k}": v for k, v in evaluator.stats().items()},
                 }
                 metrics_file.write(json.dumps({k: _json_number(v) for k, v in metrics.items()}) + "\n")
                 metrics_file.flush()

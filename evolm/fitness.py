@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from evolm.data import Batch
+from evolm.errors import UsageError
+from evolm.seeding import torch_generator
 
 
 @torch.no_grad()
@@ -31,9 +33,39 @@ def finite_or_worst(value: float, what: str = "fitness") -> float:
 
 
 class LikelihoodFitness:
-    """Mean log-likelihood of the generation's training batch, as a 1-tuple."""
+    """Mean log-likelihood of the generation's training batch, as a 1-tuple.
+
+    The fitness interface every worker uses: ``context(generation)`` builds what the generation
+    shares (text batch, prompts, sampling seeds), ``__call__(model, context)`` scores one model,
+    ``tokens(context)`` counts the tokens one call puts through forward passes.
+    """
 
     objectives = 1
 
-    def __call__(self, model: nn.Module, batch: Batch) -> tuple[float, ...]:
-        return (finite_or_worst(mean_log_likelihood(model, batch)),)
+    def __init__(self, corpus, batch_size: int, run_seed: int, device):
+        self.corpus = corpus
+        self.batch_size = batch_size
+        self.run_seed = run_seed
+        self.device = device
+
+    def context(self, generation: int) -> Batch:
+        # The generation's shared training batch (common random numbers), from a derived seed.
+        generator = torch_generator(self.run_seed, "fitness-batch", generation)
+        return self.corpus.sample_batch(self.batch_size, generator).to(self.device)
+
+    def tokens(self, context: Batch) -> int:
+        return context.num_tokens
+
+    def __call__(self, model: nn.Module, context: Batch) -> tuple[float, ...]:
+        return (finite_or_worst(mean_log_likelihood(model, context)),)
+
+
+def validate_fitness_config(config) -> None:
+    """Raise UsageError for a fitness section this build cannot use."""
+    if config.fitness.terms.replace(" ", "") != "likelihood=1":
+        raise UsageError(f"config field fitness.terms: unsupported terms {config.fitness.terms!r} (supported: likelihood=1)")
+
+
+def build_fitness(config, corpus, device, model: nn.Module):
+    """The fitness of a run config. ``model`` is the freshly built base model (a reference scorer copies it)."""
+    return LikelihoodFitness(corpus, config.data.batch_size, config.seed, device)

@@ -13,10 +13,10 @@ import torch
 
 from evolm.data import Corpus
 from evolm.errors import UsageError
-from evolm.fitness import LikelihoodFitness, mean_log_likelihood
+from evolm.fitness import build_fitness, mean_log_likelihood
 from evolm.genome import ParamSpace, make_genome
 from evolm.models import GPT, GPTConfig, LSTMConfig, LSTMLanguageModel
-from evolm.seeding import scoped_torch_seed, torch_generator
+from evolm.seeding import scoped_torch_seed
 
 
 def build_model(model_config, seed: int):
@@ -46,12 +46,12 @@ class Worker:
     """Scores genomes against a model in place. Build one for the configured language model with
     :meth:`from_config`, or from your own pieces (any module, parameter space, genome and fitness)."""
 
-    def __init__(self, model, space, genome, fitness, batch_for_generation, optimizer_factory, validation=None):
+    def __init__(self, model, space, genome, fitness, optimizer_factory, validation=None):
+        """``fitness`` follows :class:`evolm.fitness.LikelihoodFitness`'s interface (``context``, ``__call__``, ``tokens``)."""
         self.model = model
         self.space = space
         self.genome = genome
         self.fitness = fitness
-        self._batch_for_generation = batch_for_generation
         self._optimizer_factory = optimizer_factory
         self._validation = validation
         self.forward_tokens = 0
@@ -71,23 +71,17 @@ class Worker:
         model = build_model(config.model, config.seed).to(device).eval()
         space = ParamSpace(model, config.genome.params)
         val_batch = corpus.validation_batch(config.data.val_sequences).to(device)
-
-        def batch_for_generation(generation: int):
-            # The generation's shared training batch (common random numbers), from a derived seed.
-            generator = torch_generator(config.seed, "fitness-batch", generation)
-            return corpus.sample_batch(config.data.batch_size, generator).to(device)
-
         worker = cls(
             model,
             space,
             make_genome(config.genome.name, space),
-            LikelihoodFitness(),
-            batch_for_generation,
+            build_fitness(config, corpus, device, model),
             lambda parameters: make_center_optimizer(parameters, config),
             validation=lambda m: -mean_log_likelihood(m, val_batch),
         )
         worker.corpus = corpus
         worker.device = device
+        worker.config = config
         return worker
 
     def center_optimizer(self):
@@ -96,22 +90,23 @@ class Worker:
             self._optimizer = self._optimizer_factory(self.space.parameters)
         return self._optimizer
 
-    def fitness_batch(self, generation: int):
+    def fitness_context(self, generation: int):
+        """What the whole generation shares (text batch, prompts, seeds): built once per generation."""
         if self._batch_generation != generation:
-            self._batch = self._batch_for_generation(generation)
+            self._batch = self.fitness.context(generation)
             self._batch_generation = generation
         return self._batch
 
     @torch.no_grad()
     def evaluate(self, genes_list, generation: int) -> list[tuple[float, ...]]:
         """Fitness of each genome: apply in place, score, restore the base weights."""
-        batch = self.fitness_batch(generation)
-        tokens = getattr(batch, "num_tokens", 0)
+        context = self.fitness_context(generation)
+        tokens = self.fitness.tokens(context)
         results = []
         for genes in genes_list:
             self.genome.apply(self.model, genes)
             try:
-                results.append(self.fitness(self.model, batch))
+                results.append(self.fitness(self.model, context))
             finally:
                 self.genome.undo(self.model, genes)
             self.forward_tokens += tokens
@@ -124,6 +119,20 @@ class Worker:
     @torch.no_grad()
     def validation_loss(self) -> float:
         return self._validation(self.model) if self._validation else float("nan")
+
+    def sync_state(self) -> dict:
+        """Base weights and optimiser state: what a drifted or replacement worker needs to catch up."""
+        return {
+            "tensors": [t.detach().cpu().clone() for t in self.space.tensors],
+            "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
+        }
+
+    def load_sync_state(self, state: dict) -> None:
+        for tensor, value in zip(self.space.tensors, state["tensors"]):
+            tensor.copy_(value)
+        self.space.commit()
+        if state["optimizer"] is not None:
+            self.center_optimizer().load_state_dict(state["optimizer"])
 
     def checksum(self) -> str:
         """A cheap fingerprint of the base weights, to check that workers agree."""

@@ -20,9 +20,25 @@ class Point(nn.Module):
 def quadratic_worker(config, target):
     model = Point(len(target))
     space = ParamSpace(model)
-    fitness = lambda m, batch: (-float(((m.x - target) ** 2).sum()),)  # noqa: E731
-    return Worker(model, space, SeedGenome(space), fitness, lambda g: None,
-                  lambda params: make_center_optimizer(params, config))
+    return Worker(model, space, SeedGenome(space), Quadratic(target), lambda params: make_center_optimizer(params, config))
+
+
+class Quadratic:
+    """A fitness with the worker's interface: no shared context, the negated squared distance to a target."""
+
+    objectives = 1
+
+    def __init__(self, target):
+        self.target = target
+
+    def context(self, generation):
+        return None
+
+    def tokens(self, context):
+        return 0
+
+    def __call__(self, model, context):
+        return (-float(((model.x - self.target) ** 2).sum()),)
 
 
 def test_centered_ranks():

@@ -22,5 +22,8 @@ class LocalEvaluator:
     def forward_tokens(self) -> int:
         return self.worker.forward_tokens
 
+    def stats(self) -> dict:
+        return {}
+
     def close(self) -> None:
         pass
