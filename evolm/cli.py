@@ -30,6 +30,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generations", type=str, metavar="N", help="number of generations")
     parser.add_argument("--seed", type=str, metavar="N", help="run seed: the same seed gives the same metrics")
     parser.add_argument("--device", metavar="cpu|cuda", help="where the model runs (default cpu)")
+    parser.add_argument("--fitness", metavar="TERMS", help='fitness terms and weights, e.g. "likelihood=1,self=0.5,diversity=0.2"')
+    parser.add_argument("--genome", metavar="NAME", help="genome encoding (default seed)")
+    parser.add_argument("--params", metavar="REGEX", help="which parameters evolve: names matching this pattern (default all)")
+    parser.add_argument("--workers", metavar="N", help="evaluate on N Ray actors (a local Ray runtime unless --ray-address)")
+    parser.add_argument("--ray-address", metavar="auto|HOST:PORT", help="join an existing Ray cluster")
+    parser.add_argument("--gpus-per-worker", metavar="G", help="GPUs per Ray actor (fractions allowed)")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<name>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to replace an earlier run's files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -47,7 +53,9 @@ def _overrides_from_args(args) -> list[tuple[str, str]]:
     overrides = [parse_assignment(item) for item in args.overrides]
     for option, key in (("model", "model.name"), ("data", "data.path"), ("strategy", "strategy.name"),
                         ("population_size", "strategy.population_size"), ("generations", "generations"),
-                        ("seed", "seed"), ("device", "device")):
+                        ("seed", "seed"), ("device", "device"), ("fitness", "fitness.terms"),
+                        ("genome", "genome.name"), ("params", "genome.params"), ("workers", "evaluator.workers"),
+                        ("ray_address", "evaluator.ray_address"), ("gpus_per_worker", "evaluator.gpus_per_worker")):
         value = getattr(args, option)
         if value is not None:
             overrides.append((key, value))

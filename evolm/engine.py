@@ -112,6 +112,7 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
         f"strategy {strategy.name}, population {config.strategy.population_size}, output {out_dir}"
     )
     val_loss_initial = worker.validation_loss()
+    report_initial = worker.fitness.report(worker.model, -1)
     evaluations = 0
     metrics: dict = {}
     bar = Progress(config.generations, progress)
@@ -132,6 +133,7 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
                     "forward_tokens": evaluator.forward_tokens,
                     **step_metrics,
                     "val_loss": worker.validation_loss(),
+                    **worker.fitness.report(worker.model, generation),
                     # Transport figures (actors alive, bytes sent) are prefixed evaluator_: they vary by backend.
                     **{f"evaluator_{k}": v for k, v in evaluator.stats().items()},
                 }
@@ -156,6 +158,8 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
         "val_loss_initial": val_loss_initial,
         "val_loss_final": metrics.get("val_loss", val_loss_initial),
         "best_fitness": strategy.best_fitness,
+        **{f"{k}_initial": v for k, v in report_initial.items()},
+        **{f"{k}_final": metrics.get(k) for k in report_initial},
         "run_dir": str(out_dir),
     }
     write_json(out_dir / "summary.json", summary)

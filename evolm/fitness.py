@@ -59,6 +59,10 @@ class LikelihoodFitness:
     def __call__(self, model: nn.Module, context: Batch) -> tuple[float, ...]:
         return (finite_or_worst(mean_log_likelihood(model, context)),)
 
+    def report(self, model: nn.Module, generation: int) -> dict:
+        """Figures about the current (center or best) model logged every generation; generation -1 is the start."""
+        return {}
+
 
 def validate_fitness_config(config) -> None:
     """Raise UsageError for a fitness section this build cannot use."""
