@@ -40,14 +40,28 @@ class StrategyConfig:
     name: str = "es"
     population_size: int = 48  # must be even for es (antithetic pairs)
     sigma: float = 0.02  # noise scale (Salimans et al. 2017 use 0.02)
-    learning_rate: float = 0.03  # Adam step on the ES gradient estimate
+    learning_rate: float = 0.01  # Adam step on the ES gradient estimate (Salimans et al. use 0.01)
     weight_decay: float = 0.0  # L2 coefficient applied with the Adam step
+    # ga / nsga2 (sigma is the initial mutation scale; it adapts by the 1/5th success rule)
+    elites: int = 2  # best individuals copied unchanged into the next generation (ga)
+    tournament_size: int = 3
+    cxpb: float = 0.2  # probability that a pair of offspring is crossed
+    mutpb: float = 1.0  # probability that an offspring is mutated (Such et al. mutate every child)
+    crossover: str = "layers"  # seed/lowrank: layers | pairs; vector: blend | sbx
+    mutation: str = "gaussian"  # vector: gaussian | polynomial
+    indpb: float = 0.1  # vector: per-gene mutation probability
+    bound: float = 1.0  # vector: genes (weight deltas) live in [-bound, bound] for bounded operators
+    adapt_sigma: bool = True  # 1/5th success rule on the mutation scale
+    resample_every: int = 4  # ga/nsga2: generations that share one fitness batch (elites are re-scored when it changes)
+    max_lineage: int = 32  # seed/lowrank ga: fold the best into a new base when its genome grows longer
+    hall_of_fame: int = 5
 
 
 @dataclass
 class GenomeConfig:
-    name: str = "seed"
+    name: str = "seed"  # seed | lowrank | vector
     params: str = ".*"  # regex over parameter names: which tensors evolve
+    rank: int = 1  # lowrank: rank r of each matrix perturbation (EGGROLL uses r = 1 at scale)
 
 
 @dataclass
@@ -73,7 +87,7 @@ class EvaluatorConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
-    generations: int = 150
+    generations: int = 400
     device: str = "cpu"
     name: str = ""  # run name; "" derives one from the strategy, model and seed
     threads: int = 0  # torch threads; 0 leaves torch's default
@@ -239,4 +253,9 @@ def validate(config: RunConfig) -> None:
     from evolm.fitness import validate_fitness_config
 
     validate_fitness_config(config)
+    from evolm.genome import GENOMES
+
+    if config.genome.name not in GENOMES:
+        raise UsageError(f"config field genome.name: unknown genome {config.genome.name!r} (choose from {', '.join(GENOMES)})")
+    _positive(config.genome.rank, "genome.rank")
     STRATEGIES[config.strategy.name].validate(config)

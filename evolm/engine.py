@@ -73,6 +73,19 @@ def _toml_ready(value):
     return value
 
 
+def step_generation(strategy, evaluator, generation: int) -> tuple[dict, int]:
+    """One generation: ask, evaluate the individuals whose fitness is invalid (DEAP's rule), tell,
+    and send the strategy's update to every worker. Returns (strategy metrics, individuals evaluated)."""
+    population = strategy.ask(generation)
+    invalid = [individual for individual in population if not individual.fitness.valid]
+    fitnesses = evaluator.evaluate(invalid, strategy.context_generation(generation))
+    for individual, fitness in zip(invalid, fitnesses):
+        individual.fitness.values = fitness
+    metrics, update = strategy.tell(population, generation)
+    evaluator.apply_update(update)
+    return metrics, len(invalid)
+
+
 class Progress:
     """A live progress bar on stderr (tqdm), or nothing when quiet."""
 
@@ -104,7 +117,7 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
     prepare_run_dir(out_dir, overwrite)
     (out_dir / "config.toml").write_text(tomli_w.dumps(_toml_ready(config.to_dict())))
     evaluator = make_evaluator(config, worker)
-    strategy = make_strategy(config)
+    strategy = make_strategy(config, worker)
     log(
         f"evolm: {config.model.name} with {count_parameters(worker.model):,} parameters "
         f"({worker.space.numel:,} evolving), corpus {worker.corpus.source} "
@@ -112,28 +125,24 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
         f"strategy {strategy.name}, population {config.strategy.population_size}, output {out_dir}"
     )
     val_loss_initial = worker.validation_loss()
-    report_initial = worker.fitness.report(worker.model, -1)
+    report_initial = worker.report(-1)
     evaluations = 0
     metrics: dict = {}
     bar = Progress(config.generations, progress)
     try:
         with (out_dir / "metrics.jsonl").open("w") as metrics_file:
             for generation in range(config.generations):
-                population = strategy.ask(generation)
-                fitnesses = evaluator.evaluate(population, generation)
-                for individual, fitness in zip(population, fitnesses):
-                    individual.fitness.values = fitness
-                evaluations += len(population)
-                step_metrics, update = strategy.tell(population, generation)
-                evaluator.apply_update(update)
+                step_metrics, evaluated = step_generation(strategy, evaluator, generation)
+                evaluations += evaluated
+                best_genes = strategy.best_genes()
                 metrics = {
                     "generation": generation,
                     "wall_seconds": round(time.perf_counter() - started, 3),
                     "evaluations": evaluations,
                     "forward_tokens": evaluator.forward_tokens,
                     **step_metrics,
-                    "val_loss": worker.validation_loss(),
-                    **worker.fitness.report(worker.model, generation),
+                    "val_loss": worker.validation_loss(best_genes),
+                    **worker.report(generation, best_genes),
                     # Transport figures (actors alive, bytes sent) are prefixed evaluator_: they vary by backend.
                     **{f"evaluator_{k}": v for k, v in evaluator.stats().items()},
                 }
@@ -144,7 +153,8 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
         bar.close()
         evaluator.close()
 
-    save_file({name: t.detach().cpu().contiguous() for name, t in worker.model.state_dict().items()}, str(out_dir / "model.safetensors"))
+    with worker.applied(strategy.best_genes()) as model:
+        save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}, str(out_dir / "model.safetensors"))
     summary = {
         "method": strategy.name,
         "strategy": strategy.name,

@@ -49,6 +49,17 @@ def scoped_python_random(*parts):
 
 
 @contextlib.contextmanager
+def scoped_numpy_random(*parts):
+    """DEAP's CMA-ES draws from the global ``numpy.random``: seed it only inside this scope."""
+    saved = np.random.get_state()
+    np.random.seed(derive_seed(*parts) % (2**32))
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
+@contextlib.contextmanager
 def scoped_torch_seed(seed: int):
     """PyTorch's default module initialisation draws from the global RNG: seed it only inside this scope."""
     with torch.random.fork_rng(devices=[]):

@@ -7,6 +7,7 @@ to its own model, so every worker's model stays identical.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import torch
@@ -74,7 +75,7 @@ class Worker:
         worker = cls(
             model,
             space,
-            make_genome(config.genome.name, space),
+            make_genome(config, space),
             build_fitness(config, corpus, device, model),
             lambda parameters: make_center_optimizer(parameters, config),
             validation=lambda m: -mean_log_likelihood(m, val_batch),
@@ -116,9 +117,30 @@ class Worker:
         if update is not None:
             update.apply(self)
 
+    @contextlib.contextmanager
+    def applied(self, genes):
+        """The model with ``genes`` applied for the duration of the block (None: the base itself)."""
+        if genes is None:
+            yield self.model
+            return
+        self.genome.apply(self.model, genes)
+        try:
+            yield self.model
+        finally:
+            self.genome.undo(self.model, genes)
+
     @torch.no_grad()
-    def validation_loss(self) -> float:
-        return self._validation(self.model) if self._validation else float("nan")
+    def validation_loss(self, genes=None) -> float:
+        if self._validation is None:
+            return float("nan")
+        with self.applied(genes) as model:
+            return self._validation(model)
+
+    @torch.no_grad()
+    def report(self, generation: int, genes=None) -> dict:
+        """The fitness's per-generation figures (self-score, distinct-2, ...) of the reported model."""
+        with self.applied(genes) as model:
+            return self.fitness.report(model, generation)
 
     def sync_state(self) -> dict:
         """Base weights and optimiser state: what a drifted or replacement worker needs to catch up."""

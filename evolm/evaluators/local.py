@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from evolm.individuals import genes_of
+
 
 class LocalEvaluator:
     """Evaluates on the driver's own worker. ``map`` is DEAP's seam (``toolbox.register("map", ...)``)."""
@@ -10,7 +12,7 @@ class LocalEvaluator:
         self.worker = worker
 
     def evaluate(self, population: list, generation: int) -> list[tuple[float, ...]]:
-        return self.worker.evaluate([list(ind) for ind in population], generation)
+        return self.worker.evaluate([genes_of(ind) for ind in population], generation)
 
     def map(self, function, iterable):
         return list(map(function, iterable))

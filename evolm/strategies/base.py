@@ -10,6 +10,7 @@ import math
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+from deap import tools
 
 
 class Update(Protocol):
@@ -31,11 +32,26 @@ class Strategy:
     def validate(config) -> None:
         """Raise UsageError for settings this strategy cannot use."""
 
+    def bind(self, worker) -> None:
+        """Learn what the strategy needs of the genome (sizes) from the driver's worker."""
+
+    def context_generation(self, generation: int) -> int:
+        """Which generation's shared fitness context (text batch, prompts) this generation is scored on."""
+        return generation
+
+    def best_genes(self):
+        """Genes of the model to report and save, relative to the workers' base; None means the base itself."""
+        return None
+
     def ask(self, generation: int) -> list:
         raise NotImplementedError
 
     def tell(self, population: list, generation: int) -> tuple[dict[str, Any], Update | None]:
-        """Population fitnesses are already set; returns (metrics, update for the workers or None)."""
+        """Population fitnesses are already set; returns (metrics, update for the workers or None).
+
+        ``best/mean/std_fitness`` describe the first objective; ``fitness_min/mean/max/std`` are DEAP
+        statistics of every objective (a number for one objective, a list for several).
+        """
         values = np.array([ind.fitness.values[0] for ind in population], dtype=np.float64)
         finite = values[np.isfinite(values)]
         metrics: dict[str, Any] = {
@@ -43,6 +59,7 @@ class Strategy:
             "mean_fitness": float(finite.mean()) if finite.size else -math.inf,
             "std_fitness": float(finite.std()) if finite.size else 0.0,
         }
+        metrics.update(population_statistics(population))
         self.best_fitness = max(self.best_fitness, metrics["best_fitness"])
         strategy_metrics, update = self._tell(population, values, generation)
         metrics.update(strategy_metrics)
@@ -56,6 +73,25 @@ class Strategy:
 
     def load_state_dict(self, state: dict) -> None:
         self.best_fitness = state["best_fitness"]
+
+
+def objective_count(config) -> int:
+    """nsga2 keeps each fitness term as its own objective; every other strategy sums them into one."""
+    if config.strategy.name != "nsga2":
+        return 1
+    return len([term for term in config.fitness.terms.split(",") if term.strip()])
+
+
+def population_statistics(population) -> dict:
+    """DEAP ``tools.Statistics`` of every objective over the finite fitness values."""
+    statistics = tools.Statistics(key=lambda ind: ind.fitness.values)
+    for name, function in (("min", np.min), ("mean", np.mean), ("max", np.max), ("std", np.std)):
+        statistics.register(name, function, axis=0)
+    finite = [ind for ind in population if all(np.isfinite(ind.fitness.values))]
+    if not finite:
+        return {}
+    record = statistics.compile(finite)
+    return {f"fitness_{k}": (float(v[0]) if len(v) == 1 else [float(x) for x in v]) for k, v in record.items()}
 
 
 def centered_ranks(values: Sequence[float]) -> np.ndarray:

@@ -33,7 +33,7 @@ class EsUpdate:
         space = worker.space
         optimizer = worker.center_optimizer()
         for index, parameter in enumerate(space.parameters):
-            gradient = space.combined_noise(self.seeds, self.coefficients, index)
+            gradient = worker.genome.combined_noise(self.seeds, self.coefficients, index)
             # torch optimisers minimise: the ascent direction enters as a negative gradient.
             parameter.grad = gradient.neg_().to(parameter.dtype)
         optimizer.step()
@@ -58,8 +58,8 @@ class OpenAIES(Strategy):
                 f"config field strategy.population_size must be even for es (antithetic pairs), "
                 f"got {config.strategy.population_size}"
             )
-        if config.genome.name != "seed":
-            raise UsageError(f"config field genome.name: es supports the seed genome, got {config.genome.name!r}")
+        if config.genome.name not in ("seed", "lowrank"):
+            raise UsageError(f"config field genome.name: es works with the seed or lowrank genome, got {config.genome.name!r}")
 
     def ask(self, generation: int) -> list:
         rng = numpy_generator(self.run_seed, "es-noise", generation)
