@@ -62,6 +62,7 @@ class GenomeConfig:
     name: str = "seed"  # seed | lowrank | vector
     params: str = ".*"  # regex over parameter names: which tensors evolve
     rank: int = 1  # lowrank: rank r of each matrix perturbation (EGGROLL uses r = 1 at scale)
+    batch_individuals: int = 4  # lowrank: individuals per batched pass (EGGROLL); small chunks keep activations in cache
 
 
 @dataclass
@@ -88,6 +89,7 @@ class EvaluatorConfig:
 class RunConfig:
     seed: int = 0
     generations: int = 400
+    budget_seconds: float = 0.0  # stop after this much wall time (0: run every generation)
     device: str = "cpu"
     name: str = ""  # run name; "" derives one from the strategy, model and seed
     threads: int = 0  # torch threads; 0 leaves torch's default
@@ -258,4 +260,7 @@ def validate(config: RunConfig) -> None:
     if config.genome.name not in GENOMES:
         raise UsageError(f"config field genome.name: unknown genome {config.genome.name!r} (choose from {', '.join(GENOMES)})")
     _positive(config.genome.rank, "genome.rank")
+    _positive(config.genome.batch_individuals, "genome.batch_individuals")
+    if config.budget_seconds < 0:
+        raise UsageError(f"config field budget_seconds must be 0 (no budget) or positive, got {config.budget_seconds}")
     STRATEGIES[config.strategy.name].validate(config)

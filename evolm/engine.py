@@ -149,6 +149,8 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
                 metrics_file.write(json.dumps({k: _json_number(v) for k, v in metrics.items()}) + "\n")
                 metrics_file.flush()
                 bar.update(metrics)
+                if config.budget_seconds and time.perf_counter() - started >= config.budget_seconds:
+                    break
     finally:
         bar.close()
         evaluator.close()
@@ -161,7 +163,7 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
         "genome": config.genome.name,
         "model": config.model.name,
         "parameters": count_parameters(worker.model),
-        "generations": config.generations,
+        "generations": metrics.get("generation", -1) + 1,
         "evaluations": evaluations,
         "forward_tokens": evaluator.forward_tokens,
         "wall_seconds": round(time.perf_counter() - started, 3),

@@ -14,8 +14,9 @@ import torch
 
 from evolm.data import Corpus
 from evolm.errors import UsageError
-from evolm.fitness import build_fitness, mean_log_likelihood
-from evolm.genome import ParamSpace, make_genome
+from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood
+from evolm.genome import LowRankGenome, ParamSpace, make_genome
+from evolm.population import population_log_likelihood, supports_population
 from evolm.models import GPT, GPTConfig, LSTMConfig, LSTMLanguageModel
 from evolm.seeding import scoped_torch_seed
 
@@ -59,6 +60,7 @@ class Worker:
         self._optimizer = None
         self._batch_generation = None
         self._batch = None
+        self.population_chunk = 0  # > 0: score low-rank genomes this many at a time in one batched pass
 
     @classmethod
     def from_config(cls, config, corpus: Corpus | None = None) -> "Worker":
@@ -83,6 +85,10 @@ class Worker:
         worker.corpus = corpus
         worker.device = device
         worker.config = config
+        # EGGROLL's batched pass scores a chunk of low-rank genomes at once when fitness is likelihood alone.
+        if (isinstance(worker.genome, LowRankGenome) and supports_population(model)
+                and config.fitness.terms.replace(" ", "") == "likelihood=1"):
+            worker.population_chunk = config.genome.batch_individuals
         return worker
 
     def center_optimizer(self):
@@ -103,6 +109,14 @@ class Worker:
         """Fitness of each genome: apply in place, score, restore the base weights."""
         context = self.fitness_context(generation)
         tokens = self.fitness.tokens(context)
+        if self.population_chunk:
+            results = []
+            for start in range(0, len(genes_list), self.population_chunk):
+                chunk = genes_list[start : start + self.population_chunk]
+                scores = population_log_likelihood(self.model, getattr(context, "batch", context), self.genome, chunk)
+                results.extend((finite_or_worst(score),) for score in scores)
+            self.forward_tokens += tokens * len(genes_list)
+            return results
         results = []
         for genes in genes_list:
             self.genome.apply(self.model, genes)
