@@ -53,7 +53,7 @@ class StrategyConfig:
     bound: float = 1.0  # vector: genes (weight deltas) live in [-bound, bound] for bounded operators
     adapt_sigma: bool = True  # 1/5th success rule on the mutation scale
     resample_every: int = 4  # ga/nsga2: generations that share one fitness batch (elites are re-scored when it changes)
-    max_lineage: int = 32  # seed/lowrank ga: fold the best into a new base when its genome grows longer
+    max_lineage: int = 8  # seed/lowrank ga: fold the best into a new base when its genome grows longer (each entry costs a noise regeneration per evaluation)
     hall_of_fame: int = 5
 
 
