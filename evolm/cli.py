@@ -1,4 +1,4 @@
-"""The ``evolm`` command line: ``evolm run`` (more subcommands arrive with later features).
+"""The ``evolm`` command line: ``evolm run | resume | sample | plot``.
 
 User mistakes print one line ``evolm: error: ...`` and exit 2; never a traceback.
 """
@@ -38,6 +38,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-worker", metavar="G", help="GPUs per Ray actor (fractions allowed)")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<name>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to replace an earlier run's files")
+    parser.add_argument("--checkpoint-every", metavar="N",
+                        help="write a checkpoint every N generations (default 1; 0: none, resume then starts over)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -46,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run_parser = commands.add_parser("run", help="evolve a language model", description="Evolve a language model.")
     _add_run_arguments(run_parser)
+    resume_parser = commands.add_parser("resume", help="continue an interrupted run from its last checkpoint",
+                                        description="Continue an interrupted run; its metrics end as an uninterrupted run's would.")
+    resume_parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds config.toml and checkpoint/)")
+    resume_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    sample_parser = commands.add_parser("sample", help="print text from a finished run's model",
+                                        description="Print text sampled from a finished run's model.safetensors.")
+    sample_parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    sample_parser.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: a newline)")
+    sample_parser.add_argument("--tokens", type=int, default=200, metavar="N", help="bytes to generate (default 200)")
+    sample_parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature; 0 is greedy (default 0.8)")
+    sample_parser.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default 0)")
+    plot_parser = commands.add_parser("plot", help="write fitness.png of a run",
+                                      description="Plot best/mean fitness, validation loss and diversity per generation.")
+    plot_parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (holds metrics.jsonl)")
+    plot_parser.add_argument("--out", metavar="FILE.png", help="image path (default RUN_DIR/fitness.png)")
     return parser
 
 
@@ -55,7 +72,8 @@ def _overrides_from_args(args) -> list[tuple[str, str]]:
                         ("population_size", "strategy.population_size"), ("generations", "generations"),
                         ("seed", "seed"), ("device", "device"), ("fitness", "fitness.terms"),
                         ("genome", "genome.name"), ("params", "genome.params"), ("workers", "evaluator.workers"),
-                        ("ray_address", "evaluator.ray_address"), ("gpus_per_worker", "evaluator.gpus_per_worker")):
+                        ("ray_address", "evaluator.ray_address"), ("gpus_per_worker", "evaluator.gpus_per_worker"),
+                        ("checkpoint_every", "checkpoint_every")):
         value = getattr(args, option)
         if value is not None:
             overrides.append((key, value))
@@ -70,10 +88,33 @@ def command_run(args) -> int:
     return 0
 
 
+def command_resume(args) -> int:
+    from evolm.engine import resume
+
+    resume(args.run_dir, progress=not args.quiet)
+    return 0
+
+
+def command_sample(args) -> int:
+    from evolm.sampling import printable, sample_text
+
+    text = sample_text(args.run_dir, prompt=args.prompt, tokens=args.tokens, temperature=args.temperature, seed=args.seed)
+    print(args.prompt + printable(text))
+    return 0
+
+
+def command_plot(args) -> int:
+    from evolm.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"run": command_run}[args.command](args)
+        commands = {"run": command_run, "resume": command_resume, "sample": command_sample, "plot": command_plot}
+        return commands[args.command](args)
     except UsageError as error:
         print(f"evolm: error: {error}", file=sys.stderr)
         return EXIT_USAGE

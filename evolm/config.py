@@ -93,6 +93,7 @@ class RunConfig:
     device: str = "cpu"
     name: str = ""  # run name; "" derives one from the strategy, model and seed
     threads: int = 0  # torch threads; 0 leaves torch's default
+    checkpoint_every: int = 1  # generations between checkpoints (and always the last); 0: none (resume starts over)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -240,6 +241,8 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"config field model.width ({config.model.width}) must be divisible by model.heads ({config.model.heads})")
     if config.strategy.name not in STRATEGIES:
         raise UsageError(f"config field strategy.name: unknown strategy {config.strategy.name!r} (choose from {', '.join(STRATEGIES)})")
+    if config.checkpoint_every < 0:
+        raise UsageError(f"config field checkpoint_every must be 0 (no checkpoints) or positive, got {config.checkpoint_every}")
     if config.threads < 0:
         raise UsageError(f"config field threads must be 0 (torch's default) or positive, got {config.threads}")
     if config.device not in ("cpu", "cuda") and not config.device.startswith("cuda:"):

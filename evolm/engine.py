@@ -1,7 +1,12 @@
 """The generation loop: ask -> evaluate -> tell -> update workers -> log, and the run directory it writes.
 
 A run directory holds ``config.toml`` (the resolved configuration), ``metrics.jsonl`` (one line
-per generation), ``summary.json`` and ``model.safetensors`` (the final weights).
+per generation), ``checkpoint/`` (the last atomic checkpoint, see :mod:`evolm.checkpoint`),
+``summary.json``, ``model.safetensors`` (the final weights) and ``fitness.png``.
+
+:func:`resume` continues an interrupted run from its checkpoint: ``metrics.jsonl`` is cut back to
+the lines the checkpoint covers and the loop goes on, so the file ends equal (apart from
+``wall_seconds``) to an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -17,13 +23,27 @@ from pathlib import Path
 import tomli_w
 from safetensors.torch import save_file
 
+from evolm.checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_OLD,
+    TEMPORARY_PREFIX,
+    global_rng_states,
+    has_checkpoint,
+    load_checkpoint,
+    pack_tree,
+    restore_global_rng_states,
+    save_checkpoint,
+    truncate_metrics,
+    unpack_tree,
+)
 from evolm.errors import UsageError
 from evolm.evaluators import make_evaluator
 from evolm.models import count_parameters
 from evolm.strategies import make_strategy
 from evolm.worker import Worker
 
-RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "model.safetensors")
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "fitness.png")
+RUN_FOLDERS = (CHECKPOINT, CHECKPOINT_OLD)
 WALL_CLOCK_FIELDS = ("wall_seconds",)
 
 
@@ -37,7 +57,7 @@ def check_run_dir(path: Path, overwrite: bool) -> None:
     """Refuse a path that is a file, or that holds an earlier run unless ``overwrite``."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"output path {path} exists and is not a folder")
-    if path.is_dir() and any((path / name).exists() for name in RUN_FILES) and not overwrite:
+    if path.is_dir() and any((path / name).exists() for name in RUN_FILES + RUN_FOLDERS) and not overwrite:
         raise UsageError(f"output folder {path} already holds a run; choose another --out or pass --overwrite")
 
 
@@ -51,6 +71,8 @@ def prepare_run_dir(path: Path, overwrite: bool) -> Path:
     if overwrite:
         for name in RUN_FILES:
             (path / name).unlink(missing_ok=True)
+        for folder in [*(path / name for name in RUN_FOLDERS), *path.glob(TEMPORARY_PREFIX + "*")]:
+            shutil.rmtree(folder, ignore_errors=True)
     return path
 
 
@@ -89,12 +111,12 @@ def step_generation(strategy, evaluator, generation: int) -> tuple[dict, int]:
 class Progress:
     """A live progress bar on stderr (tqdm), or nothing when quiet."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, initial: int = 0):
         self.bar = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="generation", unit="gen", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc="generation", unit="gen", file=sys.stderr, dynamic_ncols=True)
 
     def update(self, metrics: dict) -> None:
         if self.bar is not None:
@@ -112,26 +134,86 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
     """Run an evolution described by ``config``; returns the summary (also written to ``summary.json``)."""
     out_dir = Path(out_dir) if out_dir else default_run_dir(config)
     check_run_dir(out_dir, overwrite)
-    started = time.perf_counter()
     worker = Worker.from_config(config)  # corpus and model errors surface before anything is written
     prepare_run_dir(out_dir, overwrite)
     (out_dir / "config.toml").write_text(tomli_w.dumps(_toml_ready(config.to_dict())))
-    evaluator = make_evaluator(config, worker)
+    return _evolve(config, worker, out_dir, progress, log)
+
+
+def resume(run_dir: str | Path, progress: bool = True, log=print) -> dict:
+    """Continue the interrupted run in ``run_dir`` from its last checkpoint; returns the summary."""
+    from evolm.sampling import load_run_config
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)  # a missing folder, or one that is not a run, is refused here
+    if (run_dir / "summary.json").exists():
+        raise UsageError(f"run folder {run_dir} holds a finished run (summary.json exists); there is nothing to resume")
+    checkpoint = load_checkpoint(run_dir) if has_checkpoint(run_dir) else None  # tampered or truncated: refused
+    worker = Worker.from_config(config)
+    if checkpoint is None:
+        log(f"evolm: {run_dir} has no checkpoint yet; starting it again from generation 0")
+    return _evolve(config, worker, run_dir, progress, log, checkpoint)
+
+
+def _checkpoint_payload(worker, strategy, state: dict, metrics_lines: int) -> dict:
+    """Model weights, optimiser moments and strategy tensors through safetensors; everything else as JSON."""
+    tensors = {f"model.{name}": tensor for name, tensor in worker.model.state_dict().items()}
+    strategy_tensors, strategy_state = pack_tree(strategy.state_dict(), "strategy")
+    optimizer = worker.sync_state()["optimizer"]
+    optimizer_tensors, optimizer_state = pack_tree(optimizer, "optimizer") if optimizer is not None else ({}, None)
+    state = {**state, "strategy": strategy_state, "optimizer": optimizer_state, "rng": global_rng_states()}
+    return {"tensors": {**tensors, **strategy_tensors, **optimizer_tensors}, "state": state, "metrics_lines": metrics_lines}
+
+
+def _restore(worker, strategy, checkpoint: dict, run_dir: Path) -> dict:
+    """Load a checkpoint into the driver's worker and the strategy; returns its JSON state."""
+    tensors, state = checkpoint["tensors"], checkpoint["state"]
+    model_state = {name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")}
+    expected = worker.model.state_dict()
+    if set(model_state) != set(expected) or any(model_state[k].shape != v.shape for k, v in expected.items()):
+        raise UsageError(f"checkpoint in {run_dir} does not match the model in {run_dir / 'config.toml'}")
+    worker.model.load_state_dict(model_state)
+    optimizer = None if state.get("optimizer") is None else unpack_tree(state["optimizer"], tensors)
+    worker.load_sync_state({"tensors": [model_state[name] for name in worker.space.names], "optimizer": optimizer})
+    strategy.load_state_dict(unpack_tree(state["strategy"], tensors))
+    restore_global_rng_states(state["rng"])
+    return state
+
+
+def _last_metrics(path: Path) -> dict:
+    lines = path.read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict | None = None) -> dict:
     strategy = make_strategy(config, worker)
+    metrics_path = out_dir / "metrics.jsonl"
+    if checkpoint is not None:
+        state = _restore(worker, strategy, checkpoint, out_dir)  # before the evaluator: Ray actors copy the driver
+        dropped = truncate_metrics(metrics_path, checkpoint["metrics_lines"])
+        first, evaluations, tokens_before = state["next_generation"], state["evaluations"], state["forward_tokens"]
+        val_loss_initial, report_initial = state["val_loss_initial"], state["report_initial"]
+        started = time.perf_counter() - state["wall_seconds"]
+        metrics: dict = _last_metrics(metrics_path)
+        log(f"evolm: resuming {out_dir} at generation {first} of {config.generations} "
+            f"(dropped {dropped} metrics lines written after the checkpoint)")
+    else:
+        started = time.perf_counter()
+        first, evaluations, tokens_before, metrics = 0, 0, 0, {}
+        val_loss_initial = worker.validation_loss()
+        report_initial = worker.report(-1)
+    evaluator = make_evaluator(config, worker)
     log(
         f"evolm: {config.model.name} with {count_parameters(worker.model):,} parameters "
         f"({worker.space.numel:,} evolving), corpus {worker.corpus.source} "
         f"({len(worker.corpus.train):,} train / {len(worker.corpus.val):,} validation tokens), "
         f"strategy {strategy.name}, population {config.strategy.population_size}, output {out_dir}"
     )
-    val_loss_initial = worker.validation_loss()
-    report_initial = worker.report(-1)
-    evaluations = 0
-    metrics: dict = {}
-    bar = Progress(config.generations, progress)
+    every = config.checkpoint_every
+    bar = Progress(config.generations, progress, initial=first)
     try:
-        with (out_dir / "metrics.jsonl").open("w") as metrics_file:
-            for generation in range(config.generations):
+        with metrics_path.open("a" if checkpoint is not None else "w") as metrics_file:
+            for generation in range(first, config.generations):
                 step_metrics, evaluated = step_generation(strategy, evaluator, generation)
                 evaluations += evaluated
                 best_genes = strategy.best_genes()
@@ -139,7 +221,7 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
                     "generation": generation,
                     "wall_seconds": round(time.perf_counter() - started, 3),
                     "evaluations": evaluations,
-                    "forward_tokens": evaluator.forward_tokens,
+                    "forward_tokens": tokens_before + evaluator.forward_tokens,
                     **step_metrics,
                     "val_loss": worker.validation_loss(best_genes),
                     **worker.report(generation, best_genes),
@@ -148,8 +230,21 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
                 }
                 metrics_file.write(json.dumps({k: _json_number(v) for k, v in metrics.items()}) + "\n")
                 metrics_file.flush()
+                out_of_time = bool(config.budget_seconds) and time.perf_counter() - started >= config.budget_seconds
+                last = out_of_time or generation + 1 == config.generations
+                if every and ((generation + 1) % every == 0 or last):
+                    os.fsync(metrics_file.fileno())  # the lines the checkpoint covers are on disk first
+                    counters = {
+                        "next_generation": generation + 1,
+                        "evaluations": evaluations,
+                        "forward_tokens": metrics["forward_tokens"],
+                        "wall_seconds": metrics["wall_seconds"],
+                        "val_loss_initial": val_loss_initial,
+                        "report_initial": report_initial,
+                    }
+                    save_checkpoint(out_dir, _checkpoint_payload(worker, strategy, counters, generation + 1))
                 bar.update(metrics)
-                if config.budget_seconds and time.perf_counter() - started >= config.budget_seconds:
+                if out_of_time:
                     break
     finally:
         bar.close()
@@ -165,7 +260,7 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
         "parameters": count_parameters(worker.model),
         "generations": metrics.get("generation", -1) + 1,
         "evaluations": evaluations,
-        "forward_tokens": evaluator.forward_tokens,
+        "forward_tokens": metrics.get("forward_tokens", tokens_before),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "val_loss_initial": val_loss_initial,
         "val_loss_final": metrics.get("val_loss", val_loss_initial),
@@ -175,8 +270,24 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
         "run_dir": str(out_dir),
     }
     write_json(out_dir / "summary.json", summary)
-    log(
-        f"evolm: done in {summary['wall_seconds']:.1f} s; validation loss "
-        f"{val_loss_initial:.3f} -> {summary['val_loss_final']:.3f} nats; results in {out_dir}"
-    )
+    _finish(out_dir, summary, config, log)
     return summary
+
+
+def _finish(out_dir: Path, summary: dict, config, log) -> None:
+    """The end of every run: ``fitness.png``, a short summary and a sample of the final model."""
+    from evolm.plot import plot_run
+    from evolm.sampling import printable, sample_text
+
+    try:
+        plot = plot_run(out_dir)
+    except (UsageError, OSError) as error:  # a plot must never cost a finished run
+        plot = f"(no plot: {error})"
+    log(
+        f"evolm: done in {summary['wall_seconds']:.1f} s; {summary['generations']} generations, "
+        f"{summary['evaluations']:,} evaluations; validation loss "
+        f"{summary['val_loss_initial']:.3f} -> {summary['val_loss_final']:.3f} nats; "
+        f"best fitness {summary['best_fitness']:.3f}; results in {out_dir}; plot {plot}"
+    )
+    sample = sample_text(out_dir, tokens=200, temperature=0.8, seed=config.seed)
+    log("evolm: sample (200 bytes, temperature 0.8):\n" + printable(sample))

@@ -53,3 +53,11 @@ class CMAES(Strategy):
 
     def best_genes(self):
         return np.asarray(self.cma.centroid, dtype=np.float32)
+
+    def state_dict(self) -> dict:
+        """DEAP's CMA state (centroid, sigma, paths, covariance...): arrays go through safetensors via pack_tree."""
+        return {**super().state_dict(), "cma": dict(vars(self.cma))}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        vars(self.cma).update(state["cma"])

@@ -184,7 +184,33 @@ class GeneticAlgorithm(Strategy):
         return list(self.best) if self.genome_name != "vector" else np.asarray(self.best, dtype=np.float32)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "sigma": self.sigma}
+        """Everything the next generation depends on: population (with fitness and parent_fitness), hall of fame, best, sigma."""
+        from evolm.checkpoint import individual_to_tree
+
+        return {
+            **super().state_dict(),
+            "sigma": self.sigma,
+            "generation_of_context": self.generation_of_context,
+            "population": [individual_to_tree(ind) for ind in self.population],
+            "hall_of_fame": [individual_to_tree(ind) for ind in self.hall_of_fame.items],
+            "best": individual_to_tree(self.best) if hasattr(self, "best") else None,
+            "offspring": [individual_to_tree(ind) for ind in getattr(self, "offspring", [])],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        from evolm.checkpoint import individual_from_tree
+
+        super().load_state_dict(state)
+        self.sigma = state["sigma"]
+        self.generation_of_context = state["generation_of_context"]
+        self.population = [individual_from_tree(tree) for tree in state["population"]]
+        # DEAP's HallOfFame: items best first, keys (their fitnesses) ascending.
+        self.hall_of_fame.items = [individual_from_tree(tree) for tree in state["hall_of_fame"]]
+        self.hall_of_fame.keys = [ind.fitness for ind in reversed(self.hall_of_fame.items)]
+        if state["best"] is not None:
+            self.best = individual_from_tree(state["best"])
+        if state["offspring"]:
+            self.offspring = [individual_from_tree(tree) for tree in state["offspring"]]
 
 
 class NSGA2(GeneticAlgorithm):
