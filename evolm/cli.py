@@ -36,6 +36,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", metavar="N", help="evaluate on N Ray actors (a local Ray runtime unless --ray-address)")
     parser.add_argument("--ray-address", metavar="auto|HOST:PORT", help="join an existing Ray cluster")
     parser.add_argument("--gpus-per-worker", metavar="G", help="GPUs per Ray actor (fractions allowed)")
+    parser.add_argument("--refine-every", metavar="K", help="gradient refinement every K generations (default 0: off)")
+    parser.add_argument("--refine-steps", metavar="N", help="gradient steps per refinement (default 10)")
+    parser.add_argument("--refine-mode", metavar="lamarckian|baldwinian", help="write refined weights back, or keep only the fitness")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<name>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to replace an earlier run's files")
     parser.add_argument("--checkpoint-every", metavar="N",
@@ -73,6 +76,7 @@ def _overrides_from_args(args) -> list[tuple[str, str]]:
                         ("seed", "seed"), ("device", "device"), ("fitness", "fitness.terms"),
                         ("genome", "genome.name"), ("params", "genome.params"), ("workers", "evaluator.workers"),
                         ("ray_address", "evaluator.ray_address"), ("gpus_per_worker", "evaluator.gpus_per_worker"),
+                        ("refine_every", "refine.every"), ("refine_steps", "refine.steps"), ("refine_mode", "refine.mode"),
                         ("checkpoint_every", "checkpoint_every")):
         value = getattr(args, option)
         if value is not None:

@@ -86,6 +86,17 @@ class EvaluatorConfig:
 
 
 @dataclass
+class RefineConfig:
+    every: int = 0  # refine every k generations (0: off)
+    steps: int = 10  # K gradient steps per refinement
+    mode: str = "lamarckian"  # lamarckian: weights written back; baldwinian: only the fitness is kept
+    loss: str = "likelihood"  # likelihood | self (cross-entropy plus the self-feedback margin term)
+    optimizer: str = "adam"  # adam | sgd
+    learning_rate: float = 3e-3
+    batch_size: int = 32
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     generations: int = 400
@@ -100,6 +111,7 @@ class RunConfig:
     genome: GenomeConfig = field(default_factory=GenomeConfig)
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -266,4 +278,7 @@ def validate(config: RunConfig) -> None:
     _positive(config.genome.batch_individuals, "genome.batch_individuals")
     if config.budget_seconds < 0:
         raise UsageError(f"config field budget_seconds must be 0 (no budget) or positive, got {config.budget_seconds}")
+    from evolm.refine import validate_refine_config
+
+    validate_refine_config(config)
     STRATEGIES[config.strategy.name].validate(config)

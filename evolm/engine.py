@@ -39,6 +39,7 @@ from evolm.checkpoint import (
 from evolm.errors import UsageError
 from evolm.evaluators import make_evaluator
 from evolm.models import count_parameters
+from evolm.refine import maybe_refine
 from evolm.strategies import make_strategy
 from evolm.worker import Worker
 
@@ -76,7 +77,7 @@ def prepare_run_dir(path: Path, overwrite: bool) -> Path:
     return path
 
 
-def _json_number(value):
+def json_number(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else (-1e308 if value < 0 else 1e308)
     return value
@@ -85,13 +86,13 @@ def _json_number(value):
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically: a reader never sees half a file."""
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps({k: _json_number(v) for k, v in data.items()}, indent=2) + "\n")
+    temporary.write_text(json.dumps({k: json_number(v) for k, v in data.items()}, indent=2) + "\n")
     os.replace(temporary, path)
 
 
-def _toml_ready(value):
+def toml_ready(value):
     if isinstance(value, dict):
-        return {k: _toml_ready(v) for k, v in value.items() if v is not None}
+        return {k: toml_ready(v) for k, v in value.items() if v is not None}
     return value
 
 
@@ -136,7 +137,7 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
     check_run_dir(out_dir, overwrite)
     worker = Worker.from_config(config)  # corpus and model errors surface before anything is written
     prepare_run_dir(out_dir, overwrite)
-    (out_dir / "config.toml").write_text(tomli_w.dumps(_toml_ready(config.to_dict())))
+    (out_dir / "config.toml").write_text(tomli_w.dumps(toml_ready(config.to_dict())))
     return _evolve(config, worker, out_dir, progress, log)
 
 
@@ -215,6 +216,7 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         with metrics_path.open("a" if checkpoint is not None else "w") as metrics_file:
             for generation in range(first, config.generations):
                 step_metrics, evaluated = step_generation(strategy, evaluator, generation)
+                step_metrics.update(maybe_refine(config, strategy, worker, evaluator, generation))
                 evaluations += evaluated
                 best_genes = strategy.best_genes()
                 metrics = {
@@ -228,7 +230,7 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
                     # Transport figures (actors alive, bytes sent) are prefixed evaluator_: they vary by backend.
                     **{f"evaluator_{k}": v for k, v in evaluator.stats().items()},
                 }
-                metrics_file.write(json.dumps({k: _json_number(v) for k, v in metrics.items()}) + "\n")
+                metrics_file.write(json.dumps({k: json_number(v) for k, v in metrics.items()}) + "\n")
                 metrics_file.flush()
                 out_of_time = bool(config.budget_seconds) and time.perf_counter() - started >= config.budget_seconds
                 last = out_of_time or generation + 1 == config.generations

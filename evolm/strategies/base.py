@@ -43,6 +43,17 @@ class Strategy:
         """Genes of the model to report and save, relative to the workers' base; None means the base itself."""
         return None
 
+    # Gradient refinement hooks (evolm.refine). The defaults suit a strategy whose model is the base (es).
+    def fold_best_into_base(self):
+        """Lamarckian refinement: genes to fold into the base before refining (None: refine the base)."""
+        return None
+
+    def after_refinement(self, refined_fitness: float) -> None:
+        """The base changed under the population (Lamarckian refinement)."""
+
+    def assign_refined_fitness(self, fitness: tuple) -> None:
+        """Baldwinian refinement: the reported individual keeps the fitness it reached after refinement."""
+
     def ask(self, generation: int) -> list:
         raise NotImplementedError
 

@@ -171,10 +171,26 @@ class GeneticAlgorithm(Strategy):
     def _maybe_rebase(self):
         if self.genome_name == "vector" or len(self.best) <= self.config.strategy.max_lineage:
             return None
+        return RebaseUpdate(self.fold_best_into_base())
+
+    def fold_best_into_base(self):
         base_genes = list(self.best)
         for individual in self._members():
             individual[:] = self.variation.rebased(individual, base_genes)
-        return RebaseUpdate(base_genes)
+        return base_genes
+
+    def after_refinement(self, refined_fitness: float) -> None:
+        # Every weight moved with the refined base: scores earned before are stale.
+        for individual in self._members():
+            if individual.fitness.valid:
+                del individual.fitness.values
+
+    def assign_refined_fitness(self, fitness: tuple) -> None:
+        for individual in self.population:
+            if list(individual) == list(self.best):
+                individual.fitness.values = fitness
+                break
+        self.best.fitness.values = fitness
 
     def _members(self) -> list:
         """Every individual whose genes are relative to the base (rewritten together at a rebase)."""
