@@ -6,6 +6,7 @@ User mistakes print one line ``evolm: error: ...`` and exit 2; never a traceback
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 
 from evolm.config import build_config, parse_assignment
@@ -66,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       description="Plot best/mean fitness, validation loss and diversity per generation.")
     plot_parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (holds metrics.jsonl)")
     plot_parser.add_argument("--out", metavar="FILE.png", help="image path (default RUN_DIR/fitness.png)")
+    compare_parser = commands.add_parser("compare", help="evolution vs gradient baselines on one budget",
+                                         description="Run methods side by side on the same corpus, model, initial "
+                                                     "weights and budget; writes compare.md, compare.json, compare.png.")
+    compare_parser.add_argument("--methods", default="es,ga,hybrid,adam,reinforce,mezo", metavar="LIST",
+                                help="comma-separated: es, ga, hybrid (es + gradient refinement), adam, reinforce, mezo")
+    compare_parser.add_argument("--budget-seconds", type=str, metavar="S", help="wall seconds per run")
+    compare_parser.add_argument("--budget-tokens", type=str, metavar="N", help="forward tokens per run")
+    compare_parser.add_argument("--seeds", type=str, default="1", metavar="K", help="seeds per method (default 1)")
+    compare_parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                                help="config override applied to every method, e.g. --set threads=1")
+    compare_parser.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
     return parser
 
 
@@ -114,10 +126,36 @@ def command_plot(args) -> int:
     return 0
 
 
+def _positive_number(text, option, kind=float):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} must be a positive number, got {text!r}") from None
+    if value <= 0:
+        raise UsageError(f"{option} must be positive, got {text}")
+    return value
+
+
+def command_compare(args) -> int:
+    from evolm.compare import compare, parse_methods
+    from evolm.config import build_config
+
+    methods = parse_methods(args.methods)
+    seeds = _positive_number(args.seeds, "--seeds", int)
+    budget_seconds = _positive_number(args.budget_seconds, "--budget-seconds") if args.budget_seconds else None
+    budget_tokens = _positive_number(args.budget_tokens, "--budget-tokens", int) if args.budget_tokens else None
+    overrides = [parse_assignment(item) for item in args.overrides]
+    build_config(overrides=overrides)  # a bad override fails here, before any run starts
+    compare(methods, args.out, seeds, budget_seconds, budget_tokens, overrides)
+    print(Path(args.out, "compare.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        commands = {"run": command_run, "resume": command_resume, "sample": command_sample, "plot": command_plot}
+        commands = {"run": command_run, "resume": command_resume, "sample": command_sample, "plot": command_plot,
+                    "compare": command_compare}
         return commands[args.command](args)
     except UsageError as error:
         print(f"evolm: error: {error}", file=sys.stderr)

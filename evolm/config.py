@@ -101,6 +101,7 @@ class RunConfig:
     seed: int = 0
     generations: int = 400
     budget_seconds: float = 0.0  # stop after this much wall time (0: run every generation)
+    budget_tokens: int = 0  # stop once this many fitness forward tokens are spent (0: no token budget)
     device: str = "cpu"
     name: str = ""  # run name; "" derives one from the strategy, model and seed
     threads: int = 0  # torch threads; 0 leaves torch's default
@@ -276,6 +277,8 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"config field genome.name: unknown genome {config.genome.name!r} (choose from {', '.join(GENOMES)})")
     _positive(config.genome.rank, "genome.rank")
     _positive(config.genome.batch_individuals, "genome.batch_individuals")
+    if config.budget_tokens < 0:
+        raise UsageError(f"config field budget_tokens must be 0 (no budget) or positive, got {config.budget_tokens}")
     if config.budget_seconds < 0:
         raise UsageError(f"config field budget_seconds must be 0 (no budget) or positive, got {config.budget_seconds}")
     from evolm.refine import validate_refine_config

@@ -131,17 +131,30 @@ class Progress:
             self.bar.close()
 
 
-def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: bool = True, log=print) -> dict:
-    """Run an evolution described by ``config``; returns the summary (also written to ``summary.json``)."""
+def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
+        worker_factory=None) -> dict:
+    """Run an evolution described by ``config``; returns the summary (also written to ``summary.json``).
+
+    ``worker_factory(config) -> Worker`` builds the worker (model, genome, fitness) instead of
+    :meth:`Worker.from_config`; Ray actors call the same factory, so it must be picklable.
+    """
     out_dir = Path(out_dir) if out_dir else default_run_dir(config)
     check_run_dir(out_dir, overwrite)
-    worker = Worker.from_config(config)  # corpus and model errors surface before anything is written
+    worker = make_worker(config, worker_factory)  # corpus and model errors surface before anything is written
     prepare_run_dir(out_dir, overwrite)
     (out_dir / "config.toml").write_text(tomli_w.dumps(toml_ready(config.to_dict())))
     return _evolve(config, worker, out_dir, progress, log)
 
 
-def resume(run_dir: str | Path, progress: bool = True, log=print) -> dict:
+def make_worker(config, worker_factory=None):
+    """The driver's worker; it remembers its factory so Ray actors can build identical ones."""
+    factory = worker_factory or Worker.from_config
+    worker = factory(config)
+    worker.factory = factory
+    return worker
+
+
+def resume(run_dir: str | Path, progress: bool = True, log=print, worker_factory=None) -> dict:
     """Continue the interrupted run in ``run_dir`` from its last checkpoint; returns the summary."""
     from evolm.sampling import load_run_config
 
@@ -150,7 +163,7 @@ def resume(run_dir: str | Path, progress: bool = True, log=print) -> dict:
     if (run_dir / "summary.json").exists():
         raise UsageError(f"run folder {run_dir} holds a finished run (summary.json exists); there is nothing to resume")
     checkpoint = load_checkpoint(run_dir) if has_checkpoint(run_dir) else None  # tampered or truncated: refused
-    worker = Worker.from_config(config)
+    worker = make_worker(config, worker_factory)
     if checkpoint is None:
         log(f"evolm: {run_dir} has no checkpoint yet; starting it again from generation 0")
     return _evolve(config, worker, run_dir, progress, log, checkpoint)
@@ -217,6 +230,8 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
             for generation in range(first, config.generations):
                 step_metrics, evaluated = step_generation(strategy, evaluator, generation)
                 step_metrics.update(maybe_refine(config, strategy, worker, evaluator, generation))
+                # Gradient refinement's forward tokens count too: budgets compare total work.
+                tokens_before += step_metrics.pop("refine_tokens", 0)
                 evaluations += evaluated
                 best_genes = strategy.best_genes()
                 metrics = {
@@ -232,7 +247,8 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
                 }
                 metrics_file.write(json.dumps({k: json_number(v) for k, v in metrics.items()}) + "\n")
                 metrics_file.flush()
-                out_of_time = bool(config.budget_seconds) and time.perf_counter() - started >= config.budget_seconds
+                out_of_time = (bool(config.budget_seconds) and time.perf_counter() - started >= config.budget_seconds) or (
+                    bool(config.budget_tokens) and metrics["forward_tokens"] >= config.budget_tokens)
                 last = out_of_time or generation + 1 == config.generations
                 if every and ((generation + 1) % every == 0 or last):
                     os.fsync(metrics_file.fileno())  # the lines the checkpoint covers are on disk first
