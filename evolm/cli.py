@@ -26,7 +26,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override any config field by its dotted name, e.g. --set model.width=128 (repeatable)")
     parser.add_argument("--model", choices=None, metavar="gpt|lstm", help="model family (default gpt: the small causal Transformer)")
     parser.add_argument("--data", metavar="PATH", help="UTF-8 text file or folder of .txt files (default: CPython's bundled docs)")
-    parser.add_argument("--strategy", metavar="NAME", help="search strategy (default es: OpenAI-ES)")
+    parser.add_argument("--strategy", metavar="NAME", help="es (OpenAI-ES, default), ga, nsga2, cmaes or pbt (population-based training)")
     parser.add_argument("--population-size", type=str, metavar="N", help="individuals per generation")
     parser.add_argument("--generations", type=str, metavar="N", help="number of generations")
     parser.add_argument("--seed", type=str, metavar="N", help="run seed: the same seed gives the same metrics")
@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser = commands.add_parser("compare", help="evolution vs gradient baselines on one budget",
                                          description="Run methods side by side on the same corpus, model, initial "
                                                      "weights and budget; writes compare.md, compare.json, compare.png.")
-    compare_parser.add_argument("--methods", default="es,ga,hybrid,adam,reinforce,mezo", metavar="LIST",
-                                help="comma-separated: es, ga, hybrid (es + gradient refinement), adam, reinforce, mezo")
+    compare_parser.add_argument("--methods", default="es,ga,hybrid,pbt,adam,reinforce,mezo", metavar="LIST",
+                                help="comma-separated: es, ga, hybrid (es + gradient refinement), pbt, adam, reinforce, mezo")
     compare_parser.add_argument("--budget-seconds", type=str, metavar="S", help="wall seconds per run")
     compare_parser.add_argument("--budget-tokens", type=str, metavar="N", help="forward tokens per run")
     compare_parser.add_argument("--seeds", type=str, default="1", metavar="K", help="seeds per method (default 1)")

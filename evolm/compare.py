@@ -21,6 +21,7 @@ EVOLUTION = {
     "es": [("strategy.name", "es")],
     "ga": [("strategy.name", "ga"), ("genome.name", "seed"), ("strategy.sigma", "0.02")],
     "hybrid": [("strategy.name", "es"), ("refine.every", "5"), ("refine.steps", "10")],
+    "pbt": [("strategy.name", "pbt"), ("strategy.population_size", "4")],
 }
 BASELINE_NAMES = ("adam", "reinforce", "mezo")
 METHODS = (*EVOLUTION, *BASELINE_NAMES)

@@ -55,6 +55,10 @@ class StrategyConfig:
     resample_every: int = 4  # ga/nsga2: generations that share one fitness batch (elites are re-scored when it changes)
     max_lineage: int = 8  # seed/lowrank ga: fold the best into a new base when its genome grows longer (each entry costs a noise regeneration per evaluation)
     hall_of_fame: int = 5
+    # pbt (Jaderberg et al. 2017; Ray Tune's defaults)
+    pbt_steps: int = 50  # Adam steps per member per generation (one ready interval)
+    pbt_quantile: float = 0.25  # the bottom quantile copies the top quantile
+    pbt_resample: float = 0.25  # probability that explore redraws a hyperparameter set instead of perturbing it
 
 
 @dataclass

@@ -106,7 +106,8 @@ def step_generation(strategy, evaluator, generation: int) -> tuple[dict, int]:
         individual.fitness.values = fitness
     metrics, update = strategy.tell(population, generation)
     evaluator.apply_update(update)
-    return metrics, len(invalid)
+    # A strategy that scores members itself (pbt) reports how many it scored.
+    return metrics, len(invalid) + metrics.pop("extra_evaluations", 0)
 
 
 class Progress:
@@ -230,8 +231,8 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
             for generation in range(first, config.generations):
                 step_metrics, evaluated = step_generation(strategy, evaluator, generation)
                 step_metrics.update(maybe_refine(config, strategy, worker, evaluator, generation))
-                # Gradient refinement's forward tokens count too: budgets compare total work.
-                tokens_before += step_metrics.pop("refine_tokens", 0)
+                # Gradient work (refinement, pbt training) counts too: budgets compare total forward tokens.
+                tokens_before += step_metrics.pop("extra_forward_tokens", 0)
                 evaluations += evaluated
                 best_genes = strategy.best_genes()
                 metrics = {

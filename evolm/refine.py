@@ -128,7 +128,7 @@ class RefineUpdate:
 
 
 def maybe_refine(config, strategy, worker, evaluator, generation: int) -> dict:
-    """Refine when the schedule says so; returns metrics (``refined_fitness``, ``refine_tokens``) or {}."""
+    """Refine when the schedule says so; returns metrics (``refined_fitness``, ``extra_forward_tokens``) or {}."""
     refine = config.refine
     if not refine.every or (generation + 1) % refine.every:
         return {}
@@ -138,7 +138,7 @@ def maybe_refine(config, strategy, worker, evaluator, generation: int) -> dict:
         context = worker.fitness_context(strategy.context_generation(generation))
         (refined,) = worker.fitness(worker.model, context)[:1]
         strategy.after_refinement(refined)
-        return {"refined_fitness": refined, "refine_tokens": refinement_tokens(config)}
+        return {"refined_fitness": refined, "extra_forward_tokens": refinement_tokens(config)}
     # Baldwinian: refine the reported model on the driver only, keep its score, restore the weights.
     genes = strategy.best_genes()
     with worker.applied(genes):
@@ -149,7 +149,7 @@ def maybe_refine(config, strategy, worker, evaluator, generation: int) -> dict:
         for tensor, value in zip(worker.space.tensors, snapshot):
             tensor.copy_(value)
     strategy.assign_refined_fitness(refined)
-    return {"refined_fitness": refined[0], "refine_tokens": refinement_tokens(config)}
+    return {"refined_fitness": refined[0], "extra_forward_tokens": refinement_tokens(config)}
 
 
 __all__ = ["RefineUpdate", "maybe_refine", "refine_in_place", "refinement_loss", "validate_refine_config", "torch_generator"]

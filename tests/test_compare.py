@@ -6,7 +6,7 @@ TINY = ["--set", "model.width=32", "--set", "model.layers=1", "--set", "model.he
         "--set", "model.context=32", "--set", "data.batch_size=8", "--set", "data.val_sequences=16",
         "--set", "threads=1", "--set", "strategy.population_size=8", "--set", "fitness.generate_tokens=8",
         "--set", "fitness.prompts=4"]
-METHODS = ["es", "ga", "hybrid", "adam", "reinforce", "mezo"]
+METHODS = ["es", "ga", "hybrid", "pbt", "adam", "reinforce", "mezo"]
 
 
 def test_compare_writes_a_row_per_method(tmp_path, cli):

@@ -29,12 +29,27 @@ def finished(tmp_path_factory):
     return out, result
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(finished, tmp_path):
-    whole, _ = finished
+# es (the default), ga and pbt: each strategy's state must survive a SIGKILL.
+STRATEGY_ARGS = {
+    "es": [],
+    "ga": ["--strategy", "ga", "--set", "strategy.sigma=0.05"],
+    "pbt": ["--strategy", "pbt", "--population-size", "4", "--set", "strategy.pbt_steps=4"],
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_ARGS))
+def test_sigkill_then_resume_matches_an_uninterrupted_run(finished, tmp_path, strategy):
+    args = [*TINY, *STRATEGY_ARGS[strategy]]
+    if strategy == "es":
+        whole, _ = finished
+    else:
+        whole = tmp_path / "whole"
+        result = run_cli("run", *args, "--out", str(whole), "--quiet")
+        assert result.returncode == 0, result.stderr
     out = tmp_path / "killed"
     kill_after = random.Random().randint(1, 10)  # a random generation, as the issue asks
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "evolm", "run", *TINY, "--out", str(out), "--quiet"],
+    process = subprocess.Popen([sys.executable, "-m", "evolm", "run", *args, "--out", str(out), "--quiet"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120

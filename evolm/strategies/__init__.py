@@ -4,8 +4,10 @@ from evolm.strategies.base import Strategy, centered_ranks
 from evolm.strategies.cmaes import CMAES
 from evolm.strategies.es import OpenAIES
 from evolm.strategies.ga import NSGA2, GeneticAlgorithm
+from evolm.strategies.pbt import PopulationBasedTraining
 
-STRATEGIES: dict[str, type[Strategy]] = {"es": OpenAIES, "ga": GeneticAlgorithm, "nsga2": NSGA2, "cmaes": CMAES}
+STRATEGIES: dict[str, type[Strategy]] = {"es": OpenAIES, "ga": GeneticAlgorithm, "nsga2": NSGA2, "cmaes": CMAES,
+                                     "pbt": PopulationBasedTraining}
 
 
 def make_strategy(config, worker=None) -> Strategy:

@@ -1,0 +1,152 @@
+"""Population-based training (Jaderberg et al. 2017, "Population Based Training of Neural Networks",
+arXiv:1711.09846).
+
+Each member trains its own copy of the evolving weights with Adam under its own ``hyper`` genome
+(learning rate on a log scale, weight decay, dropout, batch size). Every generation is one ready
+interval of ``strategy.pbt_steps`` steps; then the members are scored on the generation's shared
+fitness batch, the bottom ``pbt_quantile`` copy the weights, optimiser state and hyperparameters of
+a random member of the top quantile (exploit), and perturb the copied hyperparameters (explore):
+with probability ``pbt_resample`` a fresh draw, else DEAP's bounded polynomial mutation on the
+[0, 1]-encoded genome. Ray Tune's PBT defaults: quantile 0.25, resample 0.25.
+
+Members train in-process on the driver's worker, one after another, using its model as scratch
+space; the best member's weights become the worker's base after every generation, so validation,
+reports and the saved model follow the best member.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from deap import tools
+
+from evolm.errors import UsageError
+from evolm.genome import HyperGenome
+from evolm.individuals import make_individual
+from evolm.seeding import numpy_generator, scoped_python_random, scoped_torch_seed, derive_seed, torch_generator
+from evolm.strategies.base import Strategy
+
+
+class PopulationBasedTraining(Strategy):
+    name = "pbt"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.genome = HyperGenome()
+        self.members: list[dict] = []
+
+    @staticmethod
+    def validate(config) -> None:
+        settings = config.strategy
+        if config.evaluator.workers or config.evaluator.ray_address:
+            raise UsageError("config field strategy.name: pbt trains its members in-process; drop --workers/--ray-address")
+        if settings.population_size < 2:
+            raise UsageError(f"config field strategy.population_size must be at least 2 for pbt, got {settings.population_size}")
+        if settings.pbt_steps <= 0:
+            raise UsageError(f"config field strategy.pbt_steps must be positive, got {settings.pbt_steps}")
+        if not 0.0 < settings.pbt_quantile <= 0.5:
+            raise UsageError(f"config field strategy.pbt_quantile must be in (0, 0.5], got {settings.pbt_quantile}")
+        if not 0.0 <= settings.pbt_resample <= 1.0:
+            raise UsageError(f"config field strategy.pbt_resample must be between 0 and 1, got {settings.pbt_resample}")
+
+    def bind(self, worker) -> None:
+        self.worker = worker
+        if self.members:
+            return
+        rng = numpy_generator(self.config.seed, "pbt", "init")
+        for index in range(self.config.strategy.population_size):
+            self.members.append({
+                "genes": [float(g) for g in rng.random(self.genome.size)],
+                "tensors": [t.detach().clone() for t in worker.space.tensors],
+                "optimizer": None,
+            })
+
+    def _train(self, member: dict, index: int, generation: int) -> int:
+        """One ready interval of Adam steps on ``member``; returns the forward tokens it used."""
+        worker, config = self.worker, self.config
+        values = self.genome.decode(member["genes"])
+        for tensor, value in zip(worker.space.tensors, member["tensors"]):
+            tensor.copy_(value)
+        parameters = worker.space.parameters
+        optimizer = torch.optim.Adam(parameters, lr=values["learning_rate"], weight_decay=values["weight_decay"])
+        if member["optimizer"] is not None:
+            # A deep copy: load_state_dict may keep the stored tensors, and Adam updates them in place.
+            optimizer.load_state_dict(copy.deepcopy(member["optimizer"]))
+            for group in optimizer.param_groups:  # the member's (possibly explored) hyperparameters win
+                group["lr"], group["weight_decay"] = values["learning_rate"], values["weight_decay"]
+        generator = torch_generator(config.seed, "pbt-batches", index, generation)
+        batch_size = values["batch_size"]
+        self.genome.apply(worker.model, member["genes"])  # dropout
+        worker.model.train()
+        with torch.enable_grad(), scoped_torch_seed(derive_seed(config.seed, "pbt-dropout", index, generation)):
+            for p in parameters:
+                p.requires_grad_(True)
+            for _ in range(config.strategy.pbt_steps):
+                batch = worker.corpus.sample_batch(batch_size, generator).to(worker.device)
+                logits = worker.model(batch.inputs)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        worker.model.eval()
+        self.genome.undo(worker.model, member["genes"])
+        for p in parameters:
+            p.grad = None
+        member["tensors"] = [t.detach().clone() for t in worker.space.tensors]
+        member["optimizer"] = copy.deepcopy(optimizer.state_dict())
+        return config.strategy.pbt_steps * batch_size * config.model.context
+
+    def ask(self, generation: int) -> list:
+        worker = self.worker
+        context = worker.fitness_context(generation)
+        population, self.train_tokens = [], 0
+        for index, member in enumerate(self.members):
+            self.train_tokens += self._train(member, index, generation)
+            individual = make_individual(list(member["genes"]))
+            individual.member = index
+            with torch.no_grad():
+                individual.fitness.values = worker.fitness(worker.model, context)
+            worker.forward_tokens += worker.fitness.tokens(context)
+            population.append(individual)
+        return population
+
+    def _tell(self, population, values: np.ndarray, generation: int):
+        settings = self.config.strategy
+        order = np.argsort(-values, kind="stable")
+        count = max(1, int(round(len(order) * settings.pbt_quantile)))
+        top, bottom = order[:count], order[-count:]
+        rng = numpy_generator(self.config.seed, "pbt", "exploit", generation)
+        exploited = []
+        with scoped_python_random(self.config.seed, "pbt", "explore", generation):
+            for loser in bottom:
+                winner = int(top[rng.integers(len(top))])
+                source, target = self.members[winner], self.members[int(loser)]
+                target["tensors"] = [t.clone() for t in source["tensors"]]
+                target["optimizer"] = copy.deepcopy(source["optimizer"])
+                genes = list(source["genes"])
+                if rng.random() < settings.pbt_resample:
+                    genes = [float(g) for g in rng.random(self.genome.size)]
+                else:
+                    tools.mutPolynomialBounded(genes, eta=20.0, low=0.0, up=1.0, indpb=1.0)
+                target["genes"] = [float(g) for g in genes]
+                exploited.append((int(loser), winner))
+        best = self.members[int(order[0])]
+        # The best member becomes the worker's base: validation, reports and the saved model follow it.
+        for tensor, value in zip(self.worker.space.tensors, best["tensors"]):
+            tensor.copy_(value)
+        self.worker.space.commit()
+        metrics = {f"best_{k}": v for k, v in self.genome.decode(best["genes"]).items()}
+        metrics["exploited"] = exploited
+        metrics["extra_forward_tokens"] = self.train_tokens
+        metrics["extra_evaluations"] = len(population)
+        return metrics, None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "members": self.members}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.members = state["members"]
