@@ -1,22 +1,50 @@
-"""Fitness terms: how good a candidate model is (higher is better).
+"""Fitness terms: how good a candidate model is (higher is better), weighted or as separate objectives.
 
-``likelihood`` is the mean log-likelihood per token of one batch of real training text, the same
-batch for the whole generation (common random numbers). A NaN or infinite score becomes -inf with
-a warning: a diverged individual never crashes a run.
+``fitness.terms`` names the terms and their weights, e.g. ``"likelihood=1,self=0.5,diversity=0.2"``:
+
+- ``likelihood``: mean log-likelihood per token of one batch of real training text.
+- ``self``: the candidate continues prompts drawn from the training text; a scorer (the candidate
+  itself, or the frozen model the run started from) gives the mean log-likelihood per token of
+  those continuations (self-feedback, as in the seed document's environment).
+- ``diversity``: of the candidate's continuations, the mean of distinct-1..4 and 1 - repetition rate,
+  a share in [0, 1] counted in nats: times ln(vocabulary size), the gap between a uniform and a
+  certain model, so that equal weights give the terms equal ranges.
+- ``margin``: the seed document's perceptual loss max(0, m + s_n - s_p) as fitness, negated: s_p is
+  the scorer's mean log-likelihood of the real batch, s_n its score of the candidate's continuations.
+
+What a generation shares (the batch, the prompts, the sampling seed) is built once from derived
+seeds, so every individual meets the same text (common random numbers). The terms combine into a
+weighted sum (one objective) or, for nsga2, into one objective per term in the order written; a
+term of weight 0 is off. A NaN or infinite score becomes -inf with a warning: a diverged
+individual never crashes a run.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evolm.data import Batch
+from evolm.data import VOCAB_SIZE, Batch
 from evolm.errors import UsageError
-from evolm.seeding import torch_generator
+from evolm.seeding import derive_seed, torch_generator
+
+TERMS = ("likelihood", "self", "diversity", "margin")
+GENERATION_TERMS = ("self", "diversity", "margin")  # terms that need the candidate's own continuations
+SCORERS = ("self", "reference")
+DIVERSITY_ORDERS = (1, 2, 3, 4)  # distinct-n for these n
+REPETITION_ORDER = 4  # repetition rate counts repeated 4-grams (bytes: about one short word)
+# The per-generation report: fixed validation prompts and seed, cheap next to a generation.
+REPORT_PROMPTS = 8
+REPORT_NEW_TOKENS = 32
+
+
+# --- pure helpers -------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -32,44 +60,321 @@ def finite_or_worst(value: float, what: str = "fitness") -> float:
     return -math.inf
 
 
-class LikelihoodFitness:
-    """Mean log-likelihood of the generation's training batch, as a 1-tuple.
+def _rows(tokens) -> list[list[int]]:
+    """Token sequences as lists: a 1-D or 2-D tensor, one list of ints, or a list of sequences."""
+    if isinstance(tokens, torch.Tensor):
+        return [tokens.tolist()] if tokens.dim() == 1 else tokens.tolist()
+    tokens = list(tokens)
+    if tokens and not isinstance(tokens[0], (list, tuple, torch.Tensor)):
+        return [[int(t) for t in tokens]]
+    return [t.tolist() if isinstance(t, torch.Tensor) else list(t) for t in tokens]
 
-    The fitness interface every worker uses: ``context(generation)`` builds what the generation
-    shares (text batch, prompts, sampling seeds), ``__call__(model, context)`` scores one model,
-    ``tokens(context)`` counts the tokens one call puts through forward passes.
+
+def _ngrams(row: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
+
+
+def distinct_n(tokens, n: int) -> float:
+    """Distinct n-grams over all n-grams (Li et al. 2016), pooled over the rows; n-grams never cross rows.
+
+    1.0 when no n-gram repeats, near 0 for a model that always writes the same thing; 0.0 without n-grams.
     """
+    seen: set[tuple[int, ...]] = set()
+    total = 0
+    for row in _rows(tokens):
+        grams = _ngrams(row, n)
+        total += len(grams)
+        seen.update(grams)
+    return len(seen) / total if total else 0.0
 
-    objectives = 1
 
-    def __init__(self, corpus, batch_size: int, run_seed: int, device):
-        self.corpus = corpus
-        self.batch_size = batch_size
-        self.run_seed = run_seed
-        self.device = device
+def repetition_rate(tokens, n: int = REPETITION_ORDER) -> float:
+    """Share of each row's n-grams that repeat an earlier n-gram of the same row (seq-rep-n, Welleck et al.
+    2019), averaged over rows: 0 for text that never loops, near 1 for one token written over and over."""
+    rates = []
+    for row in _rows(tokens):
+        grams = _ngrams(row, n)
+        if grams:
+            rates.append(1.0 - len(set(grams)) / len(grams))
+    return sum(rates) / len(rates) if rates else 0.0
 
-    def context(self, generation: int) -> Batch:
-        # The generation's shared training batch (common random numbers), from a derived seed.
-        generator = torch_generator(self.run_seed, "fitness-batch", generation)
-        return self.corpus.sample_batch(self.batch_size, generator).to(self.device)
 
-    def tokens(self, context: Batch) -> int:
-        return context.num_tokens
+def diversity_score(tokens) -> float:
+    """The diversity term: mean of distinct-1..4 and (1 - repetition rate), in [0, 1]."""
+    parts = [distinct_n(tokens, n) for n in DIVERSITY_ORDERS] + [1.0 - repetition_rate(tokens)]
+    return sum(parts) / len(parts)
 
-    def __call__(self, model: nn.Module, context: Batch) -> tuple[float, ...]:
-        return (finite_or_worst(mean_log_likelihood(model, context)),)
 
-    def report(self, model: nn.Module, generation: int) -> dict:
-        """Figures about the current (center or best) model logged every generation; generation -1 is the start."""
-        return {}
+def model_context(model: nn.Module) -> int | None:
+    """Longest sequence the model's forward takes (the GPT's learned positions), None when unbounded (LSTM)."""
+    return getattr(getattr(model, "config", None), "context", None)
+
+
+@torch.no_grad()
+def continuation_log_likelihood(
+    scorer_model: nn.Module, prompts: torch.Tensor, continuations: torch.Tensor, context: int | None = None
+) -> float:
+    """Mean log-likelihood per token the scorer gives ``continuations`` (batch, new) after ``prompts`` (batch, p).
+
+    One forward over prompt + continuation; with a ``context`` the sequence keeps its last ``context``
+    tokens, and a continuation token that lands first in that window (no left context) is not scored.
+    """
+    sequence = torch.cat([prompts, continuations.to(prompts.device)], dim=1)
+    if context is not None and sequence.shape[1] > context:
+        sequence = sequence[:, -context:]
+    new = min(continuations.shape[1], sequence.shape[1] - 1)  # scorable continuation tokens
+    if new <= 0:
+        return float("nan")
+    logits = scorer_model(sequence[:, :-1])[:, -new:]
+    targets = sequence[:, -new:]
+    return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)).item()
+
+
+def parse_terms(text: str) -> list[tuple[str, float]]:
+    """``"likelihood=1,self=0.5"`` -> ``[("likelihood", 1.0), ("self", 0.5)]``; a bare name weighs 1.
+
+    Weights are non-negative numbers (every term is already higher-is-better); 0 turns a term off.
+    """
+    example = "e.g. likelihood=1,self=0.5,diversity=0.2"
+    if not text or not text.strip():
+        raise UsageError(f"config field fitness.terms is empty ({example})")
+    terms: list[tuple[str, float]] = []
+    for item in text.split(","):
+        name, has_weight, weight_text = (part.strip() for part in item.partition("="))
+        if not name:
+            raise UsageError(f"config field fitness.terms: empty term in {text!r} ({example})")
+        if name not in TERMS:
+            raise UsageError(f"config field fitness.terms: unknown term {name!r} (choose from {', '.join(TERMS)})")
+        if any(name == seen for seen, _ in terms):
+            raise UsageError(f"config field fitness.terms: term {name!r} appears twice in {text!r}")
+        try:
+            weight = float(weight_text) if has_weight else 1.0
+        except ValueError:
+            weight = math.nan
+        if not (math.isfinite(weight) and weight >= 0):
+            raise UsageError(f"config field fitness.terms: weight of {name!r} must be a non-negative number, got {weight_text!r}")
+        terms.append((name, weight))
+    if not any(weight > 0 for _, weight in terms):
+        raise UsageError(f"config field fitness.terms: every weight in {text!r} is 0; at least one term must count")
+    return terms
+
+
+def objective_count(config) -> int:
+    """Objectives a run's fitness returns: one per term of non-zero weight for nsga2, else one (the weighted sum)."""
+    if config.strategy.name != "nsga2":
+        return 1
+    return sum(1 for _, weight in parse_terms(config.fitness.terms) if weight > 0)
 
 
 def validate_fitness_config(config) -> None:
-    """Raise UsageError for a fitness section this build cannot use."""
-    if config.fitness.terms.replace(" ", "") != "likelihood=1":
-        raise UsageError(f"config field fitness.terms: unsupported terms {config.fitness.terms!r} (supported: likelihood=1)")
+    """Raise UsageError (one line naming the field) for a fitness section this build cannot use."""
+    fitness = config.fitness
+    parse_terms(fitness.terms)
+    for key in ("prompts", "prompt_tokens", "generate_tokens"):
+        if getattr(fitness, key) <= 0:
+            raise UsageError(f"config field fitness.{key} must be positive, got {getattr(fitness, key)}")
+    if not (math.isfinite(fitness.temperature) and fitness.temperature >= 0):
+        raise UsageError(f"config field fitness.temperature must be 0 (greedy) or positive, got {fitness.temperature}")
+    if fitness.scorer not in SCORERS:
+        raise UsageError(f"config field fitness.scorer: unknown scorer {fitness.scorer!r} (choose from {', '.join(SCORERS)})")
+    if not math.isfinite(fitness.margin):
+        raise UsageError(f"config field fitness.margin must be a finite number, got {fitness.margin}")
+    if fitness.novelty:
+        raise UsageError("config field fitness.novelty: novelty (distance to the rest of the population) is not supported yet")
 
 
-def build_fitness(config, corpus, device, model: nn.Module):
+# --- the fitness object -------------------------------------------------------------------------
+
+
+@dataclass
+class FitnessContext:
+    """What one generation shares: the same text, prompts and sampling seed for every individual."""
+
+    generation: int
+    batch: Batch | None  # real training text (likelihood, margin)
+    prompts: torch.Tensor | None  # (prompts, prompt_tokens) from the training text (self, diversity, margin)
+    sampling_seed: int  # every individual samples its continuations from a generator with this seed
+    reference_real_score: float | None = None  # s_p of the frozen reference scorer, the same for everyone
+
+
+def _generation_forward_tokens(prompt_tokens: int, new_tokens: int, context: int | None) -> int:
+    """Tokens one row of cached generation encodes: the prefill, one per step, and GPT cache rebuilds."""
+    window = prompt_tokens if context is None else min(prompt_tokens, context)
+    total = window
+    for _ in range(new_tokens - 1):
+        window += 1
+        if context is not None and window > context:
+            window = context // 2 + 1  # the GPT re-encodes its last half-context (evolm.models.gpt)
+            total += window
+        else:
+            total += 1
+    return total
+
+
+class Fitness:
+    """The configured terms, scored on one model at a time; the interface every worker uses.
+
+    ``context(generation)`` builds what the generation shares, ``__call__(model, context)`` scores one
+    model (a tuple, higher is better), ``tokens(context)`` counts the tokens one call puts through
+    forward passes, ``report(model, generation)`` gives figures logged every generation.
+    """
+
+    def __init__(self, config, corpus, device, model: nn.Module):
+        self.terms = parse_terms(config.fitness.terms)
+        self.multi_objective = config.strategy.name == "nsga2"
+        self.active = [(name, weight) for name, weight in self.terms if weight > 0]
+        self.objectives = objective_count(config)
+        self.names = {name for name, _ in self.active}
+        self.corpus = corpus
+        self.device = device
+        self.run_seed = config.seed
+        self.batch_size = config.data.batch_size
+        settings = config.fitness
+        self.num_prompts = settings.prompts
+        self.prompt_tokens = settings.prompt_tokens
+        self.generate_tokens = settings.generate_tokens
+        self.temperature = settings.temperature
+        self.margin = settings.margin
+        self.context_length = model_context(model)
+        # Likelihoods are nats per token, in [-ln V, 0] for any sane model; a share in [0, 1] would weigh
+        # about 1/ln V as much at equal weight (measured: too weak to stop self-feedback collapse).
+        self.diversity_scale = math.log(getattr(getattr(model, "config", None), "vocab_size", VOCAB_SIZE))
+        self.needs_generation = bool(self.names & set(GENERATION_TERMS))
+        self.needs_batch = "likelihood" in self.names or "margin" in self.names
+        # The frozen scorer is the model as built, before any update: a deep copy made now.
+        self.reference = None
+        if settings.scorer == "reference" and self.names & {"self", "margin"}:
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        for name, part in (("training", corpus.train), ("validation", corpus.val)):
+            if len(part) < self.prompt_tokens:
+                raise UsageError(
+                    f"config field fitness.prompt_tokens ({self.prompt_tokens}) is longer than the corpus "
+                    f"{name} part ({len(part)} tokens)"
+                )
+        self._report_prompts = None
+
+    # What the generation shares --------------------------------------------------------------
+
+    def _sample_prompts(self, generation: int) -> torch.Tensor:
+        generator = torch_generator(self.run_seed, "fitness-prompts", generation)
+        train = self.corpus.train
+        starts = torch.randint(0, len(train) - self.prompt_tokens + 1, (self.num_prompts,), generator=generator)
+        return train[starts.unsqueeze(1) + torch.arange(self.prompt_tokens)].to(self.device)
+
+    def context(self, generation: int) -> FitnessContext:
+        batch = prompts = None
+        if self.needs_batch:
+            # The same derived seed as the likelihood-only fitness always used: its runs keep their batches.
+            generator = torch_generator(self.run_seed, "fitness-batch", generation)
+            batch = self.corpus.sample_batch(self.batch_size, generator).to(self.device)
+        if self.needs_generation:
+            prompts = self._sample_prompts(generation)
+        context = FitnessContext(generation, batch, prompts, derive_seed(self.run_seed, "fitness-sampling", generation))
+        if "margin" in self.names and self.reference is not None:
+            context.reference_real_score = mean_log_likelihood(self.reference, batch)
+        return context
+
+    def tokens(self, context: FitnessContext) -> int:
+        total = 0
+        if "likelihood" in self.names or ("margin" in self.names and self.reference is None):
+            total += context.batch.num_tokens
+        if self.needs_generation:
+            rows = context.prompts.shape[0]
+            length = context.prompts.shape[1]
+            total += rows * _generation_forward_tokens(length, self.generate_tokens, self.context_length)
+            if self.names & {"self", "margin"}:
+                scored = length + self.generate_tokens
+                if self.context_length is not None:
+                    scored = min(scored, self.context_length)
+                total += rows * (scored - 1)
+        return total
+
+    # Scoring -----------------------------------------------------------------------------------
+
+    def _generate(self, model: nn.Module, prompts: torch.Tensor, seed: int, new_tokens: int) -> torch.Tensor | None:
+        """The model's continuations, or None when it has diverged (non-finite logits break sampling)."""
+        generator = torch.Generator().manual_seed(seed)
+        try:
+            return model.generate(prompts, new_tokens, self.temperature, generator)
+        except RuntimeError:
+            # Sampling from NaN/inf probabilities raises; anything else is a real error and surfaces.
+            if torch.isfinite(model(prompts[:, -self.context_length :] if self.context_length else prompts)).all():
+                raise
+            return None
+
+    @torch.no_grad()
+    def scores(self, model: nn.Module, context: FitnessContext) -> dict[str, float]:
+        """Every active term's raw value (higher is better), sharing one generation and one batch forward."""
+        values: dict[str, float] = {}
+        if "likelihood" in self.names or ("margin" in self.names and self.reference is None):
+            real = mean_log_likelihood(model, context.batch)
+            if "likelihood" in self.names:
+                values["likelihood"] = real
+        if self.needs_generation:
+            continuations = self._generate(model, context.prompts, context.sampling_seed, self.generate_tokens)
+            if continuations is None:
+                return {name: -math.inf for name in self.names}
+            if self.names & {"self", "margin"}:
+                scorer = self.reference if self.reference is not None else model
+                generated = continuation_log_likelihood(scorer, context.prompts, continuations, self.context_length)
+                if "self" in self.names:
+                    values["self"] = generated
+                if "margin" in self.names:
+                    real_score = context.reference_real_score if self.reference is not None else real
+                    values["margin"] = -max(0.0, self.margin + generated - real_score)
+            if "diversity" in self.names:
+                values["diversity"] = self.diversity_scale * diversity_score(continuations)
+        return values
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, context: FitnessContext) -> tuple[float, ...]:
+        values = self.scores(model, context)
+        if not all(math.isfinite(v) for v in values.values()):
+            # A diverged model is the worst on every objective, so it never sits on a Pareto front.
+            bad = ", ".join(f"{name}={value}" for name, value in values.items() if not math.isfinite(value))
+            warnings.warn(f"fitness term(s) {bad}; scored as -inf", RuntimeWarning, stacklevel=2)
+            return (-math.inf,) * self.objectives
+        if self.multi_objective:
+            return tuple(values[name] for name, _ in self.active)
+        return (finite_or_worst(sum(weight * values[name] for name, weight in self.active)),)
+
+    # Report ------------------------------------------------------------------------------------
+
+    def _fixed_report_prompts(self) -> torch.Tensor:
+        """Evenly spaced validation prompts: the same for every generation and every run of a corpus."""
+        if self._report_prompts is None:
+            val = self.corpus.val
+            starts = torch.linspace(0, len(val) - self.prompt_tokens, REPORT_PROMPTS).long()
+            self._report_prompts = val[starts.unsqueeze(1) + torch.arange(self.prompt_tokens)].to(self.device)
+        return self._report_prompts
+
+    @torch.no_grad()
+    def report(self, model: nn.Module, generation: int) -> dict:
+        """Figures about the current (center or best) model logged every generation; generation -1 is the start.
+
+        Always ``self_score`` (the model's mean log-likelihood of its own continuations), ``distinct_2``,
+        ``repetition_rate`` and ``diversity`` (the share in [0, 1], not in nats), on fixed validation
+        prompts with a fixed sampling seed;
+        plus ``reference_score`` (the frozen scorer's view of the same text) with ``scorer=reference``.
+        """
+        prompts = self._fixed_report_prompts()
+        keys = ["self_score", "distinct_2", "repetition_rate", "diversity"]
+        if self.reference is not None:
+            keys.append("reference_score")
+        continuations = self._generate(model, prompts, derive_seed(self.run_seed, "fitness-report"), REPORT_NEW_TOKENS)
+        if continuations is None:
+            return {key: math.nan for key in keys}
+        figures = {
+            "self_score": continuation_log_likelihood(model, prompts, continuations, self.context_length),
+            "distinct_2": distinct_n(continuations, 2),
+            "repetition_rate": repetition_rate(continuations),
+            "diversity": diversity_score(continuations),
+        }
+        if self.reference is not None:
+            figures["reference_score"] = continuation_log_likelihood(self.reference, prompts, continuations, self.context_length)
+        return figures
+
+
+def build_fitness(config, corpus, device, model: nn.Module) -> Fitness:
     """The fitness of a run config. ``model`` is the freshly built base model (a reference scorer copies it)."""
-    return LikelihoodFitness(corpus, config.data.batch_size, config.seed, device)
+    return Fitness(config, corpus, device, model)

@@ -14,7 +14,7 @@ import torch
 
 from evolm.data import Corpus
 from evolm.errors import UsageError
-from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood
+from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood, parse_terms
 from evolm.genome import LowRankGenome, ParamSpace, make_genome
 from evolm.population import population_log_likelihood, supports_population
 from evolm.models import GPT, GPTConfig, LSTMConfig, LSTMLanguageModel
@@ -49,7 +49,7 @@ class Worker:
     :meth:`from_config`, or from your own pieces (any module, parameter space, genome and fitness)."""
 
     def __init__(self, model, space, genome, fitness, optimizer_factory, validation=None):
-        """``fitness`` follows :class:`evolm.fitness.LikelihoodFitness`'s interface (``context``, ``__call__``, ``tokens``)."""
+        """``fitness`` follows :class:`evolm.fitness.Fitness`'s interface (``context``, ``__call__``, ``tokens``, ``report``)."""
         self.model = model
         self.space = space
         self.genome = genome
@@ -86,9 +86,11 @@ class Worker:
         worker.device = device
         worker.config = config
         # EGGROLL's batched pass scores a chunk of low-rank genomes at once when fitness is likelihood alone.
-        if (isinstance(worker.genome, LowRankGenome) and supports_population(model)
-                and config.fitness.terms.replace(" ", "") == "likelihood=1"):
+        terms = {name: weight for name, weight in parse_terms(config.fitness.terms) if weight}
+        if isinstance(worker.genome, LowRankGenome) and supports_population(model) and set(terms) == {"likelihood"}:
             worker.population_chunk = config.genome.batch_individuals
+            # nsga2 keeps raw term values as objectives; the weighted sum scales them.
+            worker.likelihood_weight = 1.0 if config.strategy.name == "nsga2" else terms["likelihood"]
         return worker
 
     def center_optimizer(self):
@@ -113,8 +115,8 @@ class Worker:
             results = []
             for start in range(0, len(genes_list), self.population_chunk):
                 chunk = genes_list[start : start + self.population_chunk]
-                scores = population_log_likelihood(self.model, getattr(context, "batch", context), self.genome, chunk)
-                results.extend((finite_or_worst(score),) for score in scores)
+                scores = population_log_likelihood(self.model, context.batch, self.genome, chunk)
+                results.extend((finite_or_worst(self.likelihood_weight * score),) for score in scores)
             self.forward_tokens += tokens * len(genes_list)
             return results
         results = []

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from evolm.data import Corpus
 from evolm.engine import json_number, toml_ready, prepare_run_dir, write_json
 from evolm.errors import UsageError
+from evolm.fitness import distinct_n
 from evolm.models import count_parameters
 from evolm.models.base import sample_next
 from evolm.seeding import torch_generator
@@ -127,12 +128,6 @@ class TokenEnvironment:
             self._log_probs = F.log_softmax(logits.float(), dim=-1)
             self.forward_tokens += action.numel()
         return self.text, reward, False, truncated, {}
-
-
-def distinct_n(sequences: torch.Tensor, n: int = 2) -> float:
-    """Distinct n-grams over all n-grams of a batch of generations (Li et al. 2016): 1 varied, near 0 repetitive."""
-    grams = [tuple(row[i : i + n]) for row in sequences.tolist() for i in range(len(row) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 class BaselineRun:

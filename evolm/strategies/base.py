@@ -88,9 +88,9 @@ class Strategy:
 
 def objective_count(config) -> int:
     """nsga2 keeps each fitness term as its own objective; every other strategy sums them into one."""
-    if config.strategy.name != "nsga2":
-        return 1
-    return len([term for term in config.fitness.terms.split(",") if term.strip()])
+    from evolm.fitness import objective_count as fitness_objective_count
+
+    return fitness_objective_count(config)  # zero-weight terms are off, as in the weighted sum
 
 
 def population_statistics(population) -> dict:
