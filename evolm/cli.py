@@ -24,7 +24,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file of settings (see config.toml in any run folder)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config field by its dotted name, e.g. --set model.width=128 (repeatable)")
-    parser.add_argument("--model", choices=None, metavar="gpt|lstm", help="model family (default gpt: the small causal Transformer)")
+    parser.add_argument("--model", choices=None, metavar="gpt|lstm|hf:PATH",
+                        help="model family (default gpt: the small causal Transformer), or hf:PATH, a local Hugging Face "
+                             "causal LM checkpoint folder (needs pip install 'evolm[hf]')")
     parser.add_argument("--data", metavar="PATH", help="UTF-8 text file or folder of .txt files (default: CPython's bundled docs)")
     parser.add_argument("--strategy", metavar="NAME", help="es (OpenAI-ES, default), ga, nsga2, cmaes or pbt (population-based training)")
     parser.add_argument("--population-size", type=str, metavar="N", help="individuals per generation")
@@ -33,7 +35,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", metavar="cpu|cuda", help="where the model runs (default cpu)")
     parser.add_argument("--fitness", metavar="TERMS", help='fitness terms and weights, e.g. "likelihood=1,self=0.5,diversity=0.2"')
     parser.add_argument("--genome", metavar="NAME", help="genome encoding (default seed)")
-    parser.add_argument("--params", metavar="REGEX", help="which parameters evolve: names matching this pattern (default all)")
+    parser.add_argument("--params", metavar="REGEX", help="which parameters evolve: names matching this pattern (default all; "
+                        "for hf:PATH, the last block's attention and MLP)")
     parser.add_argument("--workers", metavar="N", help="evaluate on N Ray actors (a local Ray runtime unless --ray-address)")
     parser.add_argument("--ray-address", metavar="auto|HOST:PORT", help="join an existing Ray cluster")
     parser.add_argument("--gpus-per-worker", metavar="G", help="GPUs per Ray actor (fractions allowed)")
@@ -60,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         description="Print text sampled from a finished run's model.safetensors.")
     sample_parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
     sample_parser.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: a newline)")
-    sample_parser.add_argument("--tokens", type=int, default=200, metavar="N", help="bytes to generate (default 200)")
+    sample_parser.add_argument("--tokens", type=int, default=200, metavar="N", help="tokens to generate: bytes, or a Hugging Face model's tokens (default 200)")
     sample_parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature; 0 is greedy (default 0.8)")
     sample_parser.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default 0)")
     plot_parser = commands.add_parser("plot", help="write fitness.png of a run",

@@ -252,8 +252,12 @@ def validate(config: RunConfig) -> None:
         _positive(obj, key)
     if not 0.0 < config.data.val_fraction < 1.0:
         raise UsageError(f"config field data.val_fraction must be between 0 and 1, got {config.data.val_fraction}")
-    if config.model.name not in MODEL_NAMES:
-        raise UsageError(f"config field model.name: unknown model {config.model.name!r} (choose from {', '.join(MODEL_NAMES)})")
+    if config.model.name.startswith("hf:"):
+        if not config.model.name[3:]:
+            raise UsageError("config field model.name: hf: needs a checkpoint folder, e.g. --model hf:./my-gpt2")
+    elif config.model.name not in (*MODEL_NAMES, "custom"):  # custom: a module given to the Python API (evolm.evolve)
+        raise UsageError(f"config field model.name: unknown model {config.model.name!r} "
+                         f"(choose from {', '.join(MODEL_NAMES)}, or hf:PATH for a local Hugging Face checkpoint)")
     if config.model.name == "gpt" and config.model.width % config.model.heads:
         raise UsageError(f"config field model.width ({config.model.width}) must be divisible by model.heads ({config.model.heads})")
     if config.strategy.name not in STRATEGIES:

@@ -48,8 +48,13 @@ RUN_FOLDERS = (CHECKPOINT, CHECKPOINT_OLD)
 WALL_CLOCK_FIELDS = ("wall_seconds",)
 
 
+def model_label(name: str) -> str:
+    """A model name fit for a folder name: ``hf:/models/gpt2`` -> ``hf-gpt2``."""
+    return "hf-" + Path(name[3:]).name if name.startswith("hf:") else name
+
+
 def default_run_dir(config) -> Path:
-    name = config.name or f"{config.strategy.name}-{config.model.name}-seed{config.seed}"
+    name = config.name or f"{config.strategy.name}-{model_label(config.model.name)}-seed{config.seed}"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{name}-{stamp}"
 
@@ -289,12 +294,13 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         "run_dir": str(out_dir),
     }
     write_json(out_dir / "summary.json", summary)
-    _finish(out_dir, summary, config, log)
+    _finish(out_dir, summary, config, log, worker)
     return summary
 
 
-def _finish(out_dir: Path, summary: dict, config, log) -> None:
+def _finish(out_dir: Path, summary: dict, config, log, worker=None) -> None:
     """The end of every run: ``fitness.png``, a short summary and a sample of the final model."""
+    from evolm.models import MODEL_NAMES
     from evolm.plot import plot_run
     from evolm.sampling import printable, sample_text
 
@@ -308,5 +314,12 @@ def _finish(out_dir: Path, summary: dict, config, log) -> None:
         f"{summary['val_loss_initial']:.3f} -> {summary['val_loss_final']:.3f} nats; "
         f"best fitness {summary['best_fitness']:.3f}; results in {out_dir}; plot {plot}"
     )
-    sample = sample_text(out_dir, tokens=200, temperature=0.8, seed=config.seed)
-    log("evolm: sample (200 bytes, temperature 0.8):\n" + printable(sample))
+    if worker is None or config.model.name in MODEL_NAMES:
+        sample, unit = sample_text(out_dir, tokens=200, temperature=0.8, seed=config.seed), "bytes"
+    else:  # hf:PATH or a Python API module: the driver's own model with the saved weights, and its tokenizer
+        from evolm.api import load_weights, sample_from_worker
+
+        load_weights(worker.model, out_dir)
+        sample, unit = sample_from_worker(worker, tokens=200, temperature=0.8, seed=config.seed), "tokens"
+    if sample is not None:  # None: a fitness-function run without text has nothing to write with
+        log(f"evolm: sample (200 {unit}, temperature 0.8):\n" + printable(sample))

@@ -56,6 +56,9 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    if config.model.name == "custom":
+        raise UsageError(f"run folder {run_dir} evolved a module given to the Python API; evolm cannot rebuild it: "
+                         f"load the weights into your module with evolm.load_weights(module, {str(run_dir)!r})")
     path = Path(weights) if weights is not None else _run_file(run_dir, WEIGHTS_FILE, " (the run has not finished)")
     try:
         state = load_file(str(path), device="cpu")
@@ -64,7 +67,12 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         message = (str(error).splitlines() or [type(error).__name__])[0][:160]
         raise UsageError(f"weights file {path} is not a valid safetensors file: {message}") from None
-    model = build_model(config.model, config.seed)
+    if config.model.name.startswith("hf:"):  # the checkpoint folder the run started from, then the evolved weights
+        from evolm.models.hf import build_hf
+
+        model, _ = build_hf(config, device="cpu")
+    else:
+        model = build_model(config.model, config.seed)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -92,14 +100,24 @@ def printable(text: str) -> str:
                    else "\ufffd" for c in text)
 
 
+def run_tokenizer(config):
+    """The tokenizer of a run: UTF-8 bytes, or a Hugging Face checkpoint's own."""
+    from evolm.data import ByteTokenizer
+
+    if config.model.name.startswith("hf:"):
+        from evolm.models.hf import hf_path, load_hf_tokenizer
+
+        return load_hf_tokenizer(hf_path(config.model.name))
+    return ByteTokenizer()
+
+
 def sample_text(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperature: float = 0.8, seed: int = 0) -> str:
-    """``tokens`` bytes of continuation of ``prompt`` (a newline when empty), decoded as UTF-8; the prompt is not included.
+    """``tokens`` tokens (bytes, or a Hugging Face model's tokens) of continuation of ``prompt`` (a newline when
+    empty), decoded as UTF-8; the prompt is not included.
 
     The same run, prompt, temperature and seed always give the same text (sampling draws from a
     CPU generator seeded with ``seed``); ``temperature`` 0 is greedy.
     """
-    from evolm.data import ByteTokenizer
-
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise UsageError(f"sample length --tokens must be a non-negative integer, got {tokens!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
@@ -107,7 +125,7 @@ def sample_text(run_dir: str | Path, prompt: str = "", tokens: int = 200, temper
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UsageError(f"sampling --seed must be an integer, got {seed!r}")
     model = load_run_model(run_dir)
-    tokenizer = ByteTokenizer()
+    tokenizer = run_tokenizer(load_run_config(run_dir))
     prompt_tokens = tokenizer.encode(prompt if prompt else "\n")
     generator = torch.Generator().manual_seed(seed % 2**63)
     new_tokens = model.generate(prompt_tokens, tokens, float(temperature), generator)

@@ -23,6 +23,9 @@ from evolm.seeding import scoped_torch_seed
 
 def build_model(model_config, seed: int):
     """The configured model under PyTorch's default initialisation, seeded by the run seed."""
+    if model_config.name not in ("gpt", "lstm"):  # hf:PATH and Python API modules are built by evolm.api
+        raise UsageError(f"config field model.name: {model_config.name!r} is not a built-in model (gpt or lstm); "
+                         f"this command works with the built-in models only")
     with scoped_torch_seed(seed):
         if model_config.name == "gpt":
             return GPT(
@@ -67,6 +70,13 @@ class Worker:
         """The corpus, model, parameter space, genome and fitness of a run config."""
         from evolm.strategies.es import make_center_optimizer
 
+        if config.model.name.startswith("hf:"):  # a local Hugging Face checkpoint and its tokenizer
+            from evolm.models.hf import hf_worker
+
+            return hf_worker(config, corpus)
+        if config.model.name == "custom":
+            raise UsageError("config field model.name: a custom model is evolved through the Python API, which "
+                             "supplies the module: evolm.evolve(model, ...), or evolm.resume(run_dir, model, ...)")
         if config.threads:
             torch.set_num_threads(config.threads)
         device = resolve_device(config.device)
