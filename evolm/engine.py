@@ -127,8 +127,14 @@ class Progress:
 
     def update(self, metrics: dict) -> None:
         if self.bar is not None:
+            transport = {}
+            if "evaluator_actors_alive" in metrics:  # Ray: actors alive, individuals/s, bytes sent this generation
+                transport = {"actors": metrics["evaluator_actors_alive"],
+                             "ind_per_s": f"{metrics['evaluator_individuals_per_second']:.0f}",
+                             "sent": f"{metrics['evaluator_bytes_sent']}B"}
             self.bar.set_postfix(
-                best=f"{metrics['best_fitness']:.3f}", mean=f"{metrics['mean_fitness']:.3f}", val=f"{metrics['val_loss']:.3f}"
+                best=f"{metrics['best_fitness']:.3f}", mean=f"{metrics['mean_fitness']:.3f}", val=f"{metrics['val_loss']:.3f}",
+                **transport,
             )
             self.bar.update(1)
 
@@ -147,9 +153,14 @@ def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: 
     out_dir = Path(out_dir) if out_dir else default_run_dir(config)
     check_run_dir(out_dir, overwrite)
     worker = make_worker(config, worker_factory)  # corpus and model errors surface before anything is written
-    prepare_run_dir(out_dir, overwrite)
-    (out_dir / "config.toml").write_text(tomli_w.dumps(toml_ready(config.to_dict())))
-    return _evolve(config, worker, out_dir, progress, log)
+    evaluator = make_evaluator(config, worker)  # and so does a Ray address that does not answer, or a wrong token
+    try:
+        prepare_run_dir(out_dir, overwrite)
+        (out_dir / "config.toml").write_text(tomli_w.dumps(toml_ready(config.to_dict())))
+    except BaseException:
+        evaluator.close()
+        raise
+    return _evolve(config, worker, out_dir, progress, log, evaluator=evaluator)
 
 
 def make_worker(config, worker_factory=None):
@@ -205,7 +216,7 @@ def _last_metrics(path: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict | None = None) -> dict:
+def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict | None = None, evaluator=None) -> dict:
     strategy = make_strategy(config, worker)
     metrics_path = out_dir / "metrics.jsonl"
     if checkpoint is not None:
@@ -222,7 +233,8 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         first, evaluations, tokens_before, metrics = 0, 0, 0, {}
         val_loss_initial = worker.validation_loss()
         report_initial = worker.report(-1)
-    evaluator = make_evaluator(config, worker)
+    # Made after _restore; Ray actors made earlier also follow the driver (they compare checksums).
+    evaluator = evaluator or make_evaluator(config, worker)
     log(
         f"evolm: {config.model.name} with {count_parameters(worker.model):,} parameters "
         f"({worker.space.numel:,} evolving), corpus {worker.corpus.source} "

@@ -31,3 +31,31 @@ def cli():
 @pytest.fixture
 def tiny_args():
     return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray runtime for the whole session (token authentication on, its token kept out of ~/.ray).
+
+    evolm shares a runtime the process already holds, so every Ray test runs on this one."""
+    import logging
+    import secrets
+
+    import ray
+    from evolm.evaluators.ray import _refresh_ray_config
+
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    _refresh_ray_config()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _refresh_ray_config()

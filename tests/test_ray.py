@@ -1,0 +1,352 @@
+"""Evaluation on Ray actors, on a real Ray runtime: the same metrics as in-process (also after a
+killed actor, a drifted actor, or an interrupted and resumed run), a two-node cluster, bytes that do
+not grow with the model, and a one-line error for a bad address or token.
+
+One local runtime (2 CPUs) serves the whole module; the cluster test starts its own two nodes.
+"""
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from conftest import REPO, TINY, run_cli  # noqa: E402
+
+from evolm.config import build_config  # noqa: E402
+from evolm.errors import UsageError  # noqa: E402
+
+# TINY as config overrides, fewer generations: enough for updates to move the center several times.
+GENERATIONS = 5
+TINY_OVERRIDES = [(TINY[i + 1].split("=", 1)[0], TINY[i + 1].split("=", 1)[1]) for i, flag in enumerate(TINY) if flag == "--set"]
+TINY_OVERRIDES += [("strategy.population_size", "16"), ("generations", str(GENERATIONS))]
+
+
+def is_wall_clock(key: str) -> bool:
+    return key == "wall_seconds" or key.startswith("evaluator_")
+
+
+def comparable(rows):
+    return [{k: v for k, v in row.items() if not is_wall_clock(k)} for row in rows]
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def tiny_config(strategy="es", genome="seed", workers=0, extra=()):
+    overrides = TINY_OVERRIDES + [("strategy.name", strategy), ("genome.name", genome), ("evaluator.workers", str(workers))]
+    return build_config(None, overrides + list(extra))
+
+
+def run_engine(config, out_dir):
+    from evolm.engine import run
+
+    run(config, out_dir=out_dir, progress=False, log=lambda *args: None)
+    return read_metrics(out_dir)
+
+
+@pytest.fixture(scope="module")
+def local_metrics(tmp_path_factory):
+    """In-process runs, computed once per (strategy, genome)."""
+    cache = {}
+
+    def get(strategy, genome):
+        if (strategy, genome) not in cache:
+            cache[strategy, genome] = run_engine(tiny_config(strategy, genome), tmp_path_factory.mktemp(f"local-{strategy}-{genome}"))
+        return cache[strategy, genome]
+
+    return get
+
+
+# Strategies and genomes under test; a pair whose strategy or genome this build lacks is skipped.
+PAIRS = [("es", "seed"), ("ga", "seed"), ("ga", "lowrank")]
+
+
+def require(strategy, genome):
+    from evolm.genome import GENOMES
+    from evolm.strategies import STRATEGIES
+
+    if strategy not in STRATEGIES or genome not in GENOMES:
+        pytest.skip(f"strategy {strategy} or genome {genome} is not in this build")
+    try:
+        tiny_config(strategy, genome)
+    except UsageError as error:
+        pytest.skip(f"{strategy} with {genome}: {error}")
+
+
+@pytest.mark.parametrize("strategy, genome", PAIRS, ids=[f"{s}-{g}" for s, g in PAIRS])
+def test_ray_gives_the_same_metrics_as_in_process(ray_runtime, local_metrics, tmp_path, strategy, genome):
+    require(strategy, genome)
+    rows = run_engine(tiny_config(strategy, genome, workers=2), tmp_path / "ray")
+    assert comparable(rows) == comparable(local_metrics(strategy, genome))
+    assert [row["generation"] for row in rows] == list(range(GENERATIONS))
+    assert all(row["evaluator_actors_alive"] == 2 and row["evaluator_bytes_sent"] > 0 for row in rows)
+    assert all(row["evaluator_individuals_per_second"] > 0 for row in rows)
+
+
+def test_killing_an_actor_mid_generation_changes_nothing(ray_runtime, local_metrics, tmp_path, monkeypatch):
+    import evolm.engine
+
+    made = []
+    killed = []
+
+    def make_evaluator(config, worker):
+        evaluator = real_make_evaluator(config, worker)
+
+        def kill_after_first_chunk(evaluator, generation, chunk_index):
+            if generation == 2 and not killed:  # other chunks are still in flight on both actors
+                killed.append(evaluator.actors[0])
+                ray.kill(evaluator.actors[0])
+
+        evaluator.on_chunk_done = kill_after_first_chunk
+        made.append(evaluator)
+        return evaluator
+
+    real_make_evaluator = evolm.engine.make_evaluator
+    monkeypatch.setattr(evolm.engine, "make_evaluator", make_evaluator)
+    rows = run_engine(tiny_config("es", "seed", workers=2), tmp_path / "killed")
+    assert killed, "the hook never ran"
+    stats = made[0].stats()
+    assert stats["chunks_rerun"] >= 1 and stats["actors_replaced"] == 1, stats
+    assert comparable(rows) == comparable(local_metrics("es", "seed"))
+
+
+def test_interrupted_ray_run_resumes_to_the_same_metrics(ray_runtime, local_metrics, tmp_path, monkeypatch):
+    """Interrupted in generation 2 (as by Ctrl-C), resumed on fresh actors: they are built at the
+    initial weights and resynchronised from the driver's restored checkpoint."""
+    import evolm.engine
+    from evolm.config import RunConfig
+
+    if "checkpoint_every" not in RunConfig.__dataclass_fields__:
+        pytest.skip("this build has no checkpoints")
+    real_make_evaluator = evolm.engine.make_evaluator
+
+    def interrupting(config, worker):
+        evaluator = real_make_evaluator(config, worker)
+
+        def interrupt(evaluator, generation, chunk_index):
+            if generation == 2:
+                raise KeyboardInterrupt
+
+        evaluator.on_chunk_done = interrupt
+        return evaluator
+
+    monkeypatch.setattr(evolm.engine, "make_evaluator", interrupting)
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run_engine(tiny_config("es", "seed", workers=2, extra=[("checkpoint_every", "1")]), out)
+    monkeypatch.setattr(evolm.engine, "make_evaluator", real_make_evaluator)
+    evolm.engine.resume(out, progress=False, log=lambda *args: None)
+    rows = read_metrics(out)
+    assert comparable(rows) == comparable(local_metrics("es", "seed"))
+    assert rows[2]["evaluator_resyncs"] == 2  # both new actors caught up with the checkpoint
+
+
+def test_replacement_actor_is_synchronised_from_the_driver(ray_runtime):
+    """An actor lost between generations is replaced by one built from the config (initial weights),
+    resynchronised to the driver's moved center before it scores anything."""
+    from evolm.evaluators import LocalEvaluator
+    from evolm.evaluators.ray import RayEvaluator
+    from evolm.strategies import make_strategy
+    from evolm.worker import Worker
+
+    config = tiny_config("es", "seed", workers=2)
+    reference, driver = Worker.from_config(config), Worker.from_config(config)
+    local, remote = LocalEvaluator(reference), RayEvaluator(config, driver)
+    try:
+        strategy = make_strategy(config, driver)
+        for generation in range(3):
+            population = strategy.ask(generation)
+            expected = local.evaluate(population, generation)
+            assert remote.evaluate(population, generation) == expected
+            for individual, fitness in zip(population, expected):
+                individual.fitness.values = fitness
+            _, update = strategy.tell(population, generation)
+            local.apply_update(update)
+            remote.apply_update(update)
+            if generation == 0:
+                ray.kill(remote.actors[1])
+        remote.wait_for_actors()
+        population = strategy.ask(3)
+        expected = local.evaluate(population, 3)
+        assert remote.evaluate(population, 3) == expected
+        stats = remote.stats()
+        assert stats["actors_alive"] == 2 and stats["actors_replaced"] == 1 and stats["resyncs"] >= 1, stats
+        # An actor whose weights drift is caught by the checksum after the next update and resynchronised.
+        for individual, fitness in zip(population, expected):
+            individual.fitness.values = fitness
+        _, update = strategy.tell(population, 3)
+        drifted = driver.sync_state()
+        drifted["tensors"][0].add_(1.0)
+        ray.get(remote.actors[0].load_sync_state.remote(drifted))
+        local.apply_update(update)
+        remote.apply_update(update)
+        assert remote.stats()["resyncs"] == stats["resyncs"] + 1
+        population = strategy.ask(4)
+        assert remote.evaluate(population, 4) == local.evaluate(population, 4)
+        # Weights changed on the driver other than by an update (a restored checkpoint): actors follow.
+        restored = driver.sync_state()
+        restored["tensors"][0].mul_(0.5)
+        driver.load_sync_state(restored)
+        reference.load_sync_state(restored)
+        population = strategy.ask(5)
+        assert remote.evaluate(population, 5) == local.evaluate(population, 5)
+        assert remote.forward_tokens == reference.forward_tokens
+        checksums = ray.get([actor.ready.remote() for actor in remote.actors])
+        assert {info["checksum"] for info in checksums} == {driver.checksum()} == {reference.checksum()}
+    finally:
+        remote.close()
+
+
+def test_bytes_per_generation_do_not_grow_with_the_model(ray_runtime):
+    from evolm.evaluators.ray import RayEvaluator
+    from evolm.models import count_parameters
+    from evolm.strategies import make_strategy
+    from evolm.worker import Worker
+
+    sent, sizes = [], []
+    for width, ff in ((32, 64), (128, 512)):
+        config = tiny_config("es", "seed", workers=2, extra=[("model.width", str(width)), ("model.ff", str(ff))])
+        worker = Worker.from_config(config)
+        sizes.append(count_parameters(worker.model))
+        evaluator = RayEvaluator(config, worker)
+        try:
+            strategy = make_strategy(config, worker)
+            population = strategy.ask(0)
+            for individual, fitness in zip(population, evaluator.evaluate(population, 0)):
+                individual.fitness.values = fitness
+            evaluator.apply_update(strategy.tell(population, 0)[1])
+            sent.append(evaluator.stats()["bytes_sent"])
+        finally:
+            evaluator.close()
+    assert sizes[1] >= 10 * sizes[0], sizes
+    assert abs(sent[1] - sent[0]) < 0.1 * sent[0], (sizes, sent)
+    assert sent[1] / 16 < 1024  # bytes per individual
+
+
+def test_map_is_deaps_seam(ray_runtime):
+    from evolm.evaluators.ray import RayEvaluator
+    from evolm.worker import Worker
+
+    config = tiny_config("es", "seed", workers=2)
+    evaluator = RayEvaluator(config, Worker.from_config(config))
+    try:
+        assert evaluator.map(abs, range(-20, 0)) == list(range(20, 0, -1))
+    finally:
+        evaluator.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_address_is_one_line_and_exit_2(tmp_path):
+    started = time.monotonic()
+    result = run_cli("run", *TINY, "--ray-address", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "out"), "--quiet", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ray_address" in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_address_that_is_not_a_ray_head_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as silent:  # accepts connections and never speaks
+        silent.bind(("0.0.0.0", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli("run", *TINY, "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "out"), "--quiet", timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a Ray cluster" in lines[0], result.stderr
+    assert time.monotonic() - started < 30
+
+
+# ---- a two-node cluster on this machine --------------------------------------------------------
+
+RAY = str(Path(sys.executable).with_name("ray"))
+NODE_LISTING = """
+import json, ray
+from ray._private.state import state
+ray.init(address={address!r}, logging_level="ERROR")
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+actors = [a["Address"]["NodeID"] for a in state.actor_table(None).values() if a["ActorClassName"] == "EvaluationActor"]
+print(json.dumps({{"nodes": nodes, "actor_nodes": actors}}))
+"""
+
+
+def start_node(arguments, log_path, env, timeout=90):
+    """``ray start --block`` in its own session; returns once the node reports it is up."""
+    log = open(log_path, "w")
+    process = subprocess.Popen([RAY, "start", "--block", "--log-style=record", *arguments], env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while "Ray runtime started" not in Path(log_path).read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ray start failed:\n{Path(log_path).read_text()[-3000:]}")
+        time.sleep(0.3)
+    return process
+
+
+def stop_nodes(processes) -> None:
+    """Stop the nodes this test started, by their process ids (``ray stop`` would stop every Ray
+    runtime on the machine, this module's own and anyone else's)."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in reversed(processes):
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the session this test created for it
+            process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_cli_joins_a_two_node_cluster(tmp_path, monkeypatch):
+    token = secrets.token_hex(32)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PYTHONPATH=str(REPO))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    # Ray's socket paths must stay under 108 bytes: a short folder of our own, not pytest's long tmp_path.
+    temp_dir = tempfile.mkdtemp(prefix="evolm-ray-", dir="/tmp")
+    node = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", "--object-store-memory=80000000",
+            f"--temp-dir={temp_dir}"]
+    processes = []
+    try:
+        processes.append(start_node(["--head", f"--port={port}", "--include-dashboard=false", *node], tmp_path / "head.log", env))
+        processes.append(start_node([f"--address={address}", *node], tmp_path / "node.log", env))
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+        out = tmp_path / "run"
+        result = run_cli("run", *TINY, "--generations", "3", "--ray-address", address, "--workers", "2",
+                         "--out", str(out), "--quiet", timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = read_metrics(out)
+        assert len(rows) == 3 and all(row["evaluator_actors_alive"] == 2 and row["evaluator_nodes"] == 2 for row in rows), rows[-1]
+        listing = subprocess.run([sys.executable, "-c", NODE_LISTING.format(address=address)], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert listing.returncode == 0, listing.stderr[-3000:]
+        found = json.loads(listing.stdout.strip().splitlines()[-1])
+        assert len(found["nodes"]) == 2 and sorted(found["actor_nodes"]) == sorted(found["nodes"]), found
+        # Without the cluster's token, joining fails with one line, not a hang.
+        monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        wrong = run_cli("run", *TINY, "--ray-address", address, "--out", str(tmp_path / "wrong"), "--quiet", timeout=120)
+        assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr[-3000:]
+    finally:
+        stop_nodes(processes)
+        shutil.rmtree(temp_dir, ignore_errors=True)
