@@ -24,7 +24,7 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": __import__("os").cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads()}
+            "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
     try:
         import ray
 

@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import secrets
 import statistics
 import sys
@@ -31,6 +30,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import machine  # noqa: E402
 
 from evolm.config import build_config  # noqa: E402
 from evolm.evaluators import LocalEvaluator  # noqa: E402
@@ -41,21 +43,6 @@ from evolm.worker import Worker  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "ray_scaling.json"
 # Model sizes: the default (width 64) and widths whose parameter counts are ~10x and ~100x of it.
 SIZES = {"default": 64, "10x": 232, "100x": 752}
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    import ray
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def spread(values: list[float]) -> dict:

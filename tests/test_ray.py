@@ -6,7 +6,6 @@ One local runtime (2 CPUs) serves the whole module; the cluster test starts its 
 """
 
 import json
-import logging
 import os
 import secrets
 import shutil
