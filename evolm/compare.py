@@ -137,10 +137,11 @@ def plot_comparison(curves: dict, path: Path) -> None:
     figure = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(figure)
     by_time, by_tokens = figure.subplots(1, 2)
-    for method, runs in curves.items():
+    for number, (method, runs) in enumerate(curves.items()):
+        color = f"C{number % 10}"  # one colour per method, shared by its seeds
         for index, curve in enumerate(runs):
             label = method if index == 0 else None
-            color = by_time.plot([p["wall_seconds"] for p in curve], [p["val_loss"] for p in curve], label=label)[0].get_color()
+            by_time.plot([p["wall_seconds"] for p in curve], [p["val_loss"] for p in curve], color=color, label=label)
             by_tokens.plot([p["forward_tokens"] for p in curve], [p["val_loss"] for p in curve], color=color, label=label)
     by_time.set(xlabel="wall seconds", ylabel="validation loss (nats)", title="against wall time")
     by_tokens.set(xlabel="forward tokens", ylabel="validation loss (nats)", title="against forward tokens", xscale="log")
