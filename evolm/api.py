@@ -438,19 +438,11 @@ def _as_override(item) -> tuple[str, Any]:
 
 
 def _validated(config, model_name: str):
-    """Validate ``config`` with the model settings of a built-in model, then record ``model_name``.
-
-    ``config.validate`` knows only the built-in model names; a custom or Hugging Face model is
-    checked for everything else, then named in the config (and its ``config.toml``).
-    """
+    """Validate ``config`` with ``model_name`` (built-in, ``custom`` or ``hf:PATH``) recorded in it."""
     from evolm.config import validate
 
-    external = model_name == CUSTOM_MODEL or model_name.startswith("hf:")
-    config.model.name = "gpt" if external else model_name
-    try:
-        validate(config)
-    finally:
-        config.model.name = model_name
+    config.model.name = model_name
+    validate(config)
     return config
 
 
