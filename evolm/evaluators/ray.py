@@ -18,6 +18,7 @@ import copy
 import logging
 import math
 import os
+import re
 import secrets
 import socket
 import sys
@@ -661,5 +662,10 @@ def _task_error(error: ray.exceptions.RayTaskError) -> BaseException:
 
 
 def _startup_error(error) -> BaseException:
+    missing = re.search(r"No module named '([^']+)'", str(error))
+    if missing:  # the worker factory refers to code the actors cannot import (e.g. a user's model or fitness)
+        return UsageError(f"Ray actors cannot import module {missing.group(1)!r}, which the model, adapter or fitness "
+                          f"comes from: make it importable on every node (install it, or run from its folder), or define "
+                          f"them in the script you run (__main__), whose definitions travel by value")
     text = str(error).strip().splitlines()
     return RuntimeError(f"Ray actors could not start: {text[0] if text else type(error).__name__}")
