@@ -45,6 +45,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-mode", metavar="lamarckian|baldwinian", help="write refined weights back, or keep only the fitness")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<name>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to replace an earlier run's files")
+    parser.add_argument("--tensorboard", action="store_const", const="true", default=None,
+                        help="also write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
     parser.add_argument("--checkpoint-every", metavar="N",
                         help="write a checkpoint every N generations (default 1; 0: none, resume then starts over)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -92,7 +94,7 @@ def _overrides_from_args(args) -> list[tuple[str, str]]:
                         ("genome", "genome.name"), ("params", "genome.params"), ("workers", "evaluator.workers"),
                         ("ray_address", "evaluator.ray_address"), ("gpus_per_worker", "evaluator.gpus_per_worker"),
                         ("refine_every", "refine.every"), ("refine_steps", "refine.steps"), ("refine_mode", "refine.mode"),
-                        ("checkpoint_every", "checkpoint_every")):
+                        ("checkpoint_every", "checkpoint_every"), ("tensorboard", "tensorboard")):
         value = getattr(args, option)
         if value is not None:
             overrides.append((key, value))

@@ -110,6 +110,7 @@ class RunConfig:
     name: str = ""  # run name; "" derives one from the strategy, model and seed
     threads: int = 0  # torch threads; 0 leaves torch's default
     checkpoint_every: int = 1  # generations between checkpoints (and always the last); 0: none (resume starts over)
+    tensorboard: bool = False  # also log metrics as TensorBoard scalars under RUN_DIR/tensorboard (needs the tensorboard package)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -262,6 +263,11 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"config field model.width ({config.model.width}) must be divisible by model.heads ({config.model.heads})")
     if config.strategy.name not in STRATEGIES:
         raise UsageError(f"config field strategy.name: unknown strategy {config.strategy.name!r} (choose from {', '.join(STRATEGIES)})")
+    if config.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise UsageError("config field tensorboard is on but the tensorboard package is not installed (pip install tensorboard)") from None
     if config.checkpoint_every < 0:
         raise UsageError(f"config field checkpoint_every must be 0 (no checkpoints) or positive, got {config.checkpoint_every}")
     if config.threads < 0:

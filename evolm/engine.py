@@ -235,6 +235,11 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         report_initial = worker.report(-1)
     # Made after _restore; Ray actors made earlier also follow the driver (they compare checksums).
     evaluator = evaluator or make_evaluator(config, worker)
+    board = None
+    if config.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        board = SummaryWriter(str(out_dir / "tensorboard"))
     log(
         f"evolm: {config.model.name} with {count_parameters(worker.model):,} parameters "
         f"({worker.space.numel:,} evolving), corpus {worker.corpus.source} "
@@ -280,11 +285,17 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
                     }
                     save_checkpoint(out_dir, _checkpoint_payload(worker, strategy, counters, generation + 1))
                 bar.update(metrics)
+                if board is not None:
+                    for key, value in metrics.items():
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "generation":
+                            board.add_scalar(key, value, generation)
                 if out_of_time:
                     break
     finally:
         bar.close()
         evaluator.close()
+        if board is not None:
+            board.close()
 
     with worker.applied(strategy.best_genes()) as model:
         save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}, str(out_dir / "model.safetensors"))

@@ -202,3 +202,22 @@ def test_sample_refuses_bad_arguments(gpt_run, kwargs, message):
 
 def test_printable_neutralises_control_characters():
     assert printable("ok\tline\n\x1b[2Jé\x00\u200b") == "ok\tline\n\ufffd[2Jé\ufffd\ufffd"
+
+
+def test_tensorboard_logging_writes_the_run_metrics(tmp_path, cli, tiny_args):
+    """--tensorboard writes every numeric metric as a scalar per generation; without the package, one line and exit 2."""
+    out = tmp_path / "tb"
+    result = cli("run", *tiny_args, "--generations", "3", "--tensorboard", "--out", str(out), "--quiet")
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        assert result.returncode == 2 and "tensorboard package is not installed" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+        return
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    val_loss = [event.value for event in events.Scalars("val_loss")]
+    assert [event.step for event in events.Scalars("val_loss")] == [0, 1, 2]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert val_loss == pytest.approx([json.loads(line)["val_loss"] for line in lines], rel=1e-6)
