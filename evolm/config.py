@@ -264,10 +264,10 @@ def validate(config: RunConfig) -> None:
     if config.strategy.name not in STRATEGIES:
         raise UsageError(f"config field strategy.name: unknown strategy {config.strategy.name!r} (choose from {', '.join(STRATEGIES)})")
     if config.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise UsageError("config field tensorboard is on but the tensorboard package is not installed (pip install tensorboard)") from None
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("config field tensorboard is on but the tensorboard package is not installed (pip install tensorboard)")
     if config.checkpoint_every < 0:
         raise UsageError(f"config field checkpoint_every must be 0 (no checkpoints) or positive, got {config.checkpoint_every}")
     if config.threads < 0:
