@@ -15,6 +15,21 @@ TINY = [
 ]
 
 
+WALL_CLOCK = {"wall_seconds"}
+
+
+def read_metrics(run_dir):
+    """The rows of a run's metrics.jsonl."""
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_wall_clock(rows):
+    """Rows with the wall-clock fields dropped: what must repeat exactly for the same seed."""
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+
+
 def run_cli(*args, cwd=None, timeout=300):
     """Run ``python -m evolm`` as a real subprocess."""
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -7,15 +7,7 @@ import tomllib
 import pytest
 from safetensors.torch import load_file
 
-WALL_CLOCK = {"wall_seconds"}
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_wall_clock(rows):
-    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+from conftest import read_metrics, without_wall_clock
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,10 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY, run_cli
-
-WALL_CLOCK = {"wall_seconds"}
-
+from conftest import REPO, TINY, read_metrics, run_cli, without_wall_clock
 
 def rows(run_dir):
-    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return without_wall_clock(read_metrics(run_dir))
 
 
 @pytest.fixture(scope="module")
