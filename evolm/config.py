@@ -66,7 +66,9 @@ class GenomeConfig:
     name: str = "seed"  # seed | lowrank | vector
     params: str = ".*"  # regex over parameter names: which tensors evolve
     rank: int = 1  # lowrank: rank r of each matrix perturbation (EGGROLL uses r = 1 at scale)
-    batch_individuals: int = 4  # lowrank: individuals per batched pass (EGGROLL); small chunks keep activations in cache
+    # lowrank: individuals per EGGROLL batched pass; 1 = one at a time in place; 0 = by device: 1 on CPU
+    # (fastest on 2 CPU cores, benchmarks/throughput.py), 16 on CUDA (EGGROLL's regime, not measured here)
+    batch_individuals: int = 0
 
 
 @dataclass
@@ -290,7 +292,9 @@ def validate(config: RunConfig) -> None:
     if config.genome.name not in GENOMES:
         raise UsageError(f"config field genome.name: unknown genome {config.genome.name!r} (choose from {', '.join(GENOMES)})")
     _positive(config.genome.rank, "genome.rank")
-    _positive(config.genome.batch_individuals, "genome.batch_individuals")
+    if config.genome.batch_individuals < 0:
+        raise UsageError(f"config field genome.batch_individuals must be 0 (by device) or positive, "
+                         f"got {config.genome.batch_individuals}")
     if config.budget_tokens < 0:
         raise UsageError(f"config field budget_tokens must be 0 (no budget) or positive, got {config.budget_tokens}")
     if config.budget_seconds < 0:

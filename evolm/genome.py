@@ -91,14 +91,25 @@ class NoiseGenome:
         self.space = space
         # One reusable CPU buffer per tensor for regenerated noise: no allocation per individual.
         self._buffers = [torch.empty(t.shape, dtype=torch.float32) for t in space.tensors]
+        # The seed each buffer holds noise for: an antithetic partner (same seed, negated scale,
+        # evaluated next) reuses the noise instead of regenerating it, halving ES's noise cost.
+        self._buffer_seeds: list[int | None] = [None] * len(space.tensors)
 
     def _generate(self, generator: torch.Generator, index: int) -> torch.Tensor:
         raise NotImplementedError
 
     def noise(self, seed: int, index: int) -> torch.Tensor:
-        """Noise of tensor ``index`` for ``seed``, made on the CPU generator (identical on any device)."""
-        generator = torch.Generator().manual_seed(mix_seed(seed, index))
-        noise = self._generate(generator, index)
+        """Noise of tensor ``index`` for ``seed``, made on the CPU generator (identical on any device).
+
+        The result is the genome's reusable buffer: read it before asking for the same tensor's
+        noise under another seed, and never write to it.
+        """
+        if self._buffer_seeds[index] == seed:
+            noise = self._buffers[index]
+        else:
+            self._buffer_seeds[index] = None  # a failed generation must not leave a stale tag
+            noise = self._generate(torch.Generator().manual_seed(mix_seed(seed, index)), index)
+            self._buffer_seeds[index] = seed
         device = self.space.tensors[index].device
         return noise if device.type == "cpu" else noise.to(device, non_blocking=True)
 

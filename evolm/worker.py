@@ -47,6 +47,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def population_chunk(batch_individuals: int, device: torch.device) -> int:
+    """Low-rank individuals per batched pass: as configured, or by device when 0. On 2 CPU cores a
+    batch of individuals ran slower per token than one at a time in place (a bigger working set
+    falls out of cache, benchmarks/throughput.py); GPUs gain from the batch (EGGROLL)."""
+    if batch_individuals:
+        return batch_individuals
+    return 16 if device.type == "cuda" else 1
+
+
 class Worker:
     """Scores genomes against a model in place. Build one for the configured language model with
     :meth:`from_config`, or from your own pieces (any module, parameter space, genome and fitness)."""
@@ -63,7 +72,7 @@ class Worker:
         self._optimizer = None
         self._batch_generation = None
         self._batch = None
-        self.population_chunk = 0  # > 0: score low-rank genomes this many at a time in one batched pass
+        self.population_chunk = 0  # > 1: score low-rank genomes this many at a time in one batched pass
 
     @classmethod
     def from_config(cls, config, corpus: Corpus | None = None) -> "Worker":
@@ -97,8 +106,9 @@ class Worker:
         worker.config = config
         # EGGROLL's batched pass scores a chunk of low-rank genomes at once when fitness is likelihood alone.
         terms = {name: weight for name, weight in parse_terms(config.fitness.terms) if weight}
-        if isinstance(worker.genome, LowRankGenome) and supports_population(model) and set(terms) == {"likelihood"}:
-            worker.population_chunk = config.genome.batch_individuals
+        chunk = population_chunk(config.genome.batch_individuals, device)
+        if isinstance(worker.genome, LowRankGenome) and supports_population(model) and set(terms) == {"likelihood"} and chunk > 1:
+            worker.population_chunk = chunk
             # nsga2 keeps raw term values as objectives; the weighted sum scales them.
             worker.likelihood_weight = 1.0 if config.strategy.name == "nsga2" else terms["likelihood"]
         return worker

@@ -36,6 +36,25 @@ def test_noise_genomes_apply_then_undo_restore_exactly(genome_class):
     assert all(torch.equal(a, b) for a, b in zip(space.tensors, before))
 
 
+
+@pytest.mark.parametrize("genome_class", [SeedGenome, LowRankGenome])
+def test_reused_noise_of_an_antithetic_partner_equals_fresh_noise(genome_class):
+    """The buffer cache must give exactly what a fresh genome regenerates, whatever came before."""
+    model = small_model()
+    genome = genome_class(ParamSpace(model))
+    fresh = genome_class(ParamSpace(small_model()))
+    for seed in (3, 3, 4, 3, 4, 4):  # reuse, switch, switch back
+        for index in range(len(genome.space.tensors)):
+            assert torch.equal(genome.noise(seed, index), fresh.noise(seed, index))
+        fresh = genome_class(ParamSpace(small_model()))  # a genome with an empty cache every time
+    # The antithetic pair applied in a row lands exactly on base + eps and base - eps.
+    base = [t.clone() for t in genome.space.tensors]
+    for scale in (0.1, -0.1):
+        genome.apply(model, [(8, scale)])
+        expected = [torch.add(b, fresh.noise(8, i), alpha=scale) for i, b in enumerate(base)]
+        assert all(torch.equal(t, e) for t, e in zip(genome.space.tensors, expected))
+        genome.undo(model, [(8, scale)])
+
 def test_lowrank_noise_has_the_configured_rank_and_vectors_stay_full_rank():
     model = small_model()
     space = ParamSpace(model)
