@@ -80,7 +80,6 @@ class FitnessConfig:
     temperature: float = 1.0  # sampling temperature of the candidate's generations
     scorer: str = "self"  # self: the candidate judges itself; reference: the frozen initial model judges
     margin: float = 1.0  # m in the margin term max(0, m + s_n - s_p)
-    novelty: bool = False  # add distance of n-gram profile to the rest of the population
 
 
 @dataclass

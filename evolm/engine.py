@@ -20,6 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import tomli_w
 from safetensors.torch import save_file
 
@@ -38,6 +39,7 @@ from evolm.checkpoint import (
 )
 from evolm.errors import UsageError
 from evolm.evaluators import make_evaluator
+from evolm.fitness import with_novelty
 from evolm.models import count_parameters
 from evolm.refine import maybe_refine
 from evolm.strategies import make_strategy
@@ -106,10 +108,13 @@ def step_generation(strategy, evaluator, generation: int) -> tuple[dict, int]:
     and send the strategy's update to every worker. Returns (strategy metrics, individuals evaluated)."""
     population = strategy.ask(generation)
     invalid = [individual for individual in population if not individual.fitness.valid]
-    fitnesses = evaluator.evaluate(invalid, strategy.context_generation(generation))
+    # Novelty (a population-level term) is added here, once every individual's profile is in.
+    fitnesses, novelty = with_novelty(evaluator.evaluate(invalid, strategy.context_generation(generation)))
     for individual, fitness in zip(invalid, fitnesses):
         individual.fitness.values = fitness
     metrics, update = strategy.tell(population, generation)
+    if novelty is not None:
+        metrics["novelty_mean"] = float(np.mean(novelty))  # the share in [0, 1], not in nats
     evaluator.apply_update(update)
     # A strategy that scores members itself (pbt) reports how many it scored.
     return metrics, len(invalid) + metrics.pop("extra_evaluations", 0)

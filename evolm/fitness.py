@@ -11,6 +11,12 @@
   certain model, so that equal weights give the terms equal ranges.
 - ``margin``: the seed document's perceptual loss max(0, m + s_n - s_p) as fitness, negated: s_p is
   the scorer's mean log-likelihood of the real batch, s_n its score of the candidate's continuations.
+- ``novelty``: how far the candidate's continuations are from the rest of the population's this
+  generation: the mean cosine distance between hashed n-gram profiles (n = 1..4), in [0, 1] and
+  counted in nats like diversity. Novelty search (Lehman & Stanley 2011, "Abandoning Objectives")
+  rewards behaviour unlike the others'; here the behaviour is the text written. Workers send each
+  profile (256 half-precision counts) with the other terms, and the driver scores novelty once the
+  whole population is in (:func:`with_novelty`); a model scored alone has novelty 0.
 
 What a generation shares (the batch, the prompts, the sampling seed) is built once from derived
 seeds, so every individual meets the same text (common random numbers). The terms combine into a
@@ -26,6 +32,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,11 +41,12 @@ from evolm.data import VOCAB_SIZE, Batch
 from evolm.errors import UsageError
 from evolm.seeding import derive_seed, torch_generator
 
-TERMS = ("likelihood", "self", "diversity", "margin")
-GENERATION_TERMS = ("self", "diversity", "margin")  # terms that need the candidate's own continuations
+TERMS = ("likelihood", "self", "diversity", "margin", "novelty")
+GENERATION_TERMS = ("self", "diversity", "margin", "novelty")  # terms that need the candidate's own continuations
 SCORERS = ("self", "reference")
 DIVERSITY_ORDERS = (1, 2, 3, 4)  # distinct-n for these n
 REPETITION_ORDER = 4  # repetition rate counts repeated 4-grams (bytes: about one short word)
+PROFILE_BUCKETS = 256  # hashed n-gram profile length: 512 bytes per individual in float16
 # The per-generation report: fixed validation prompts and seed, cheap next to a generation.
 REPORT_PROMPTS = 8
 REPORT_NEW_TOKENS = 32
@@ -103,6 +111,67 @@ def diversity_score(tokens) -> float:
     """The diversity term: mean of distinct-1..4 and (1 - repetition rate), in [0, 1]."""
     parts = [distinct_n(tokens, n) for n in DIVERSITY_ORDERS] + [1.0 - repetition_rate(tokens)]
     return sum(parts) / len(parts)
+
+
+def ngram_profile(tokens: torch.Tensor, buckets: int = PROFILE_BUCKETS) -> np.ndarray:
+    """Counts of the n-grams (n = 1..4, never across rows) of ``tokens`` (rows, length), hashed into
+    ``buckets`` and scaled to unit length: texts sharing many n-grams point the same way."""
+    tokens = tokens.detach().to("cpu", torch.int64)
+    counts = torch.zeros(buckets, dtype=torch.float64)
+    for n in DIVERSITY_ORDERS:
+        if tokens.shape[1] < n:
+            continue
+        ids = torch.zeros(tokens.shape[0], tokens.shape[1] - n + 1, dtype=torch.int64)
+        for k in range(n):  # a base-257 number per n-gram: exact in int64 for n <= 4
+            ids = ids * 257 + tokens[:, k : tokens.shape[1] - n + 1 + k] + 1
+        # A multiplicative hash with the order mixed in; int64 wrap-around is deterministic.
+        hashed = torch.remainder((ids * 0x9E3779B1 + n * 0x85EBCA6B) >> 7, buckets)
+        counts += torch.bincount(hashed.reshape(-1), minlength=buckets).double()
+    norm = counts.norm()
+    return (counts / norm if norm > 0 else counts).numpy().astype(np.float16)
+
+
+def novelty_scores(profiles: list) -> list[float]:
+    """Each profile's mean cosine distance to the other (not None) profiles; 0 with no others.
+
+    Profiles are unit vectors of non-negative counts, so every distance lies in [0, 1]."""
+    present = [i for i, p in enumerate(profiles) if p is not None]
+    scores = [0.0] * len(profiles)
+    if len(present) < 2:
+        return scores
+    matrix = np.stack([np.asarray(profiles[i], dtype=np.float64) for i in present])
+    distances = 1.0 - np.clip(matrix @ matrix.T, 0.0, 1.0)
+    means = distances.sum(axis=1) / (len(present) - 1)  # the diagonal is 0
+    for i, value in zip(present, means):
+        scores[i] = float(value)
+    return scores
+
+
+@dataclass
+class Scored:
+    """A fitness whose novelty part waits for the whole population: the objectives with novelty 0,
+    where novelty enters (objective index and weight, in nats per unit of distance), and the profile."""
+
+    values: tuple[float, ...]
+    novelty_index: int
+    novelty_weight: float
+    profile: np.ndarray | None  # None for a diverged individual: it keeps -inf and is nobody's neighbour
+
+
+def with_novelty(results: list) -> tuple[list, list[float] | None]:
+    """Fitness tuples for a population's results, and each one's novelty (None without the term).
+
+    Plain tuples pass through; :class:`Scored` ones get their novelty against the rest of the list
+    (the individuals scored together this generation)."""
+    if not results or not isinstance(results[0], Scored):
+        return results, None
+    novelty = novelty_scores([r.profile for r in results])
+    finished = []
+    for result, value in zip(results, novelty):
+        values = list(result.values)
+        values[result.novelty_index] += result.novelty_weight * value
+        finished.append(tuple(values))
+    return finished, novelty
 
 
 def model_context(model: nn.Module) -> int | None:
@@ -179,8 +248,10 @@ def validate_fitness_config(config) -> None:
         raise UsageError(f"config field fitness.scorer: unknown scorer {fitness.scorer!r} (choose from {', '.join(SCORERS)})")
     if not math.isfinite(fitness.margin):
         raise UsageError(f"config field fitness.margin must be a finite number, got {fitness.margin}")
-    if fitness.novelty:
-        raise UsageError("config field fitness.novelty: novelty (distance to the rest of the population) is not supported yet")
+    names = {name for name, weight in parse_terms(fitness.terms) if weight > 0}
+    if "novelty" in names and config.strategy.name == "pbt":
+        raise UsageError("config field fitness.terms: the novelty term needs a population scored together, "
+                         "and pbt scores its members one by one; drop novelty or choose es, ga, nsga2 or cmaes")
 
 
 # --- the fitness object -------------------------------------------------------------------------
@@ -305,7 +376,12 @@ class Fitness:
     @torch.no_grad()
     def scores(self, model: nn.Module, context: FitnessContext) -> dict[str, float]:
         """Every active term's raw value (higher is better), sharing one generation and one batch forward."""
+        return self._scores(model, context)[0]
+
+    def _scores(self, model: nn.Module, context: FitnessContext) -> tuple[dict[str, float], torch.Tensor | None]:
+        """The raw values (novelty 0: it needs the population) and the continuations, None when not generated or diverged."""
         values: dict[str, float] = {}
+        continuations = None
         if "likelihood" in self.names or ("margin" in self.names and self.reference is None):
             real = mean_log_likelihood(model, context.batch)
             if "likelihood" in self.names:
@@ -313,7 +389,7 @@ class Fitness:
         if self.needs_generation:
             continuations = self._generate(model, context.prompts, context.sampling_seed, self.generate_tokens)
             if continuations is None:
-                return {name: -math.inf for name in self.names}
+                return {name: -math.inf for name in self.names}, None
             if self.names & {"self", "margin"}:
                 scorer = self.reference if self.reference is not None else model
                 generated = continuation_log_likelihood(scorer, context.prompts, continuations, self.context_length)
@@ -324,19 +400,41 @@ class Fitness:
                     values["margin"] = -max(0.0, self.margin + generated - real_score)
             if "diversity" in self.names:
                 values["diversity"] = self.diversity_scale * diversity_score(continuations)
-        return values
+            if "novelty" in self.names:
+                values["novelty"] = 0.0
+        return values, continuations
 
-    @torch.no_grad()
-    def __call__(self, model: nn.Module, context: FitnessContext) -> tuple[float, ...]:
-        values = self.scores(model, context)
+    def _objectives(self, values: dict[str, float]) -> tuple[float, ...]:
         if not all(math.isfinite(v) for v in values.values()):
             # A diverged model is the worst on every objective, so it never sits on a Pareto front.
             bad = ", ".join(f"{name}={value}" for name, value in values.items() if not math.isfinite(value))
-            warnings.warn(f"fitness term(s) {bad}; scored as -inf", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"fitness term(s) {bad}; scored as -inf", RuntimeWarning, stacklevel=3)
             return (-math.inf,) * self.objectives
         if self.multi_objective:
             return tuple(values[name] for name, _ in self.active)
         return (finite_or_worst(sum(weight * values[name] for name, weight in self.active)),)
+
+    @property
+    def needs_population(self) -> bool:
+        """True when a term (novelty) is finished on the driver with the whole population's results."""
+        return "novelty" in self.names
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, context: FitnessContext) -> tuple[float, ...]:
+        """The objectives of one model scored alone (novelty 0)."""
+        return self._objectives(self._scores(model, context)[0])
+
+    @torch.no_grad()
+    def scored(self, model: nn.Module, context: FitnessContext) -> Scored:
+        """The objectives with novelty still to add, and the n-gram profile novelty is measured on."""
+        values, continuations = self._scores(model, context)
+        objectives = self._objectives(values)
+        names = [name for name, _ in self.active]
+        index = names.index("novelty") if self.multi_objective else 0
+        weight = self.diversity_scale * (1.0 if self.multi_objective else dict(self.active)["novelty"])
+        finite = all(math.isfinite(v) for v in objectives)
+        profile = ngram_profile(continuations) if finite and continuations is not None else None
+        return Scored(objectives, index, weight, profile)
 
     # Report ------------------------------------------------------------------------------------
 

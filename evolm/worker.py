@@ -127,8 +127,9 @@ class Worker:
         return self._batch
 
     @torch.no_grad()
-    def evaluate(self, genes_list, generation: int) -> list[tuple[float, ...]]:
-        """Fitness of each genome: apply in place, score, restore the base weights."""
+    def evaluate(self, genes_list, generation: int) -> list:
+        """Fitness of each genome: apply in place, score, restore the base weights. Fitness tuples, or
+        :class:`evolm.fitness.Scored` results when a term needs the whole population (novelty)."""
         context = self.fitness_context(generation)
         tokens = self.fitness.tokens(context)
         if self.population_chunk:
@@ -139,11 +140,13 @@ class Worker:
                 results.extend((finite_or_worst(self.likelihood_weight * score),) for score in scores)
             self.forward_tokens += tokens * len(genes_list)
             return results
+        # Novelty is finished on the driver against the whole population (evolm.fitness.with_novelty).
+        score = self.fitness.scored if getattr(self.fitness, "needs_population", False) else self.fitness
         results = []
         for genes in genes_list:
             self.genome.apply(self.model, genes)
             try:
-                results.append(self.fitness(self.model, context))
+                results.append(score(self.model, context))
             finally:
                 self.genome.undo(self.model, genes)
             self.forward_tokens += tokens

@@ -4,6 +4,7 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,9 +17,12 @@ from evolm.fitness import (
     distinct_n,
     diversity_score,
     mean_log_likelihood,
+    ngram_profile,
+    novelty_scores,
     objective_count,
     parse_terms,
     repetition_rate,
+    with_novelty,
 )
 from evolm.models import GPT, GPTConfig, LSTMConfig, LSTMLanguageModel
 from evolm.seeding import scoped_torch_seed
@@ -212,12 +216,60 @@ def test_parser_rejects_bad_terms_naming_the_field(terms, message):
         ("generate_tokens", 0, "fitness.generate_tokens"),
         ("temperature", -0.5, "fitness.temperature"),
         ("margin", "nan", "fitness.margin"),
-        ("novelty", True, "not supported yet"),
     ],
 )
 def test_other_fitness_fields_are_validated(key, value, message):
     with pytest.raises(UsageError, match=message):
         build_config(overrides=[(f"fitness.{key}", value)])
+
+
+def test_novelty_with_pbt_is_refused_in_one_line():
+    with pytest.raises(UsageError, match="fitness.terms: the novelty term needs a population") as error:
+        build_config(overrides=[("fitness.terms", "likelihood=1,novelty=1"), ("strategy.name", "pbt"), ("genome.name", "hyper")])
+    assert "\n" not in str(error.value)
+
+
+def test_ngram_profiles_measure_how_alike_two_texts_are():
+    text = torch.tensor([list(b"the cat sat on the mat and the dog sat on the log")])
+    same = ngram_profile(text)
+    assert same.dtype.name == "float16" and same.shape == (256,) and same.nbytes == 512
+    assert abs(float(np.linalg.norm(same.astype(np.float64))) - 1.0) < 1e-3
+    shifted = ngram_profile(torch.tensor([list(b"the cat sat on the mat and the dog sat on the rug")]))
+    other = ngram_profile(torch.tensor([list(b"zqxj vwkp 0123 9876 ZQXJ !?#% zqxj")]))
+    constant = ngram_profile(torch.full((2, 40), ord("e")))
+    near, far = novelty_scores([same, shifted])[0], novelty_scores([same, other])[0]
+    assert 0.0 < near < far <= 1.0, (near, far)
+    assert novelty_scores([constant, constant]) == pytest.approx([0.0, 0.0], abs=1e-3)
+    # n-grams never cross rows: two rows are not one long row.
+    assert not np.array_equal(ngram_profile(torch.tensor([[1, 2], [3, 4]])), ngram_profile(torch.tensor([[1, 2, 3, 4]])))
+
+
+def test_novelty_is_the_mean_distance_to_the_others_and_skips_diverged_ones():
+    a, b, c = (np.eye(256, dtype=np.float16)[i] for i in range(3))
+    assert novelty_scores([a, a, b]) == pytest.approx([0.5, 0.5, 1.0])
+    assert novelty_scores([a, None, c]) == pytest.approx([1.0, 0.0, 1.0])
+    assert novelty_scores([a]) == [0.0]
+
+
+@pytest.mark.parametrize("strategy", ["es", "nsga2"])
+def test_novelty_reaches_the_objectives_after_the_population_is_in(corpus, strategy):
+    models = [gpt(0), constant_gpt(), uniform_gpt()]
+    fitness = fitness_for(corpus, models[0], "likelihood=1,diversity=0.5,novelty=2", strategy)
+    assert fitness.needs_population
+    context = fitness.context(1)
+    scored = [fitness.scored(model, context) for model in models]
+    alone = [fitness(model, context) for model in models]
+    assert [s.values for s in scored] == alone  # novelty 0 until the population is in
+    novelty = novelty_scores([s.profile for s in scored])
+    finished, shares = with_novelty(scored)
+    assert shares == novelty
+    for values, base, share in zip(finished, alone, novelty):
+        if strategy == "nsga2":  # one objective per term, novelty last as written, in nats
+            assert values[:2] == base[:2] and values[2] == pytest.approx(math.log(256) * share)
+        else:
+            assert values[0] == pytest.approx(base[0] + 2 * math.log(256) * share)
+    assert all(share > 0 for share in novelty)
+    assert with_novelty(alone) == (alone, None)  # plain tuples pass through
 
 
 # --- combination ---------------------------------------------------------------------------------

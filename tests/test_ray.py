@@ -95,6 +95,16 @@ def test_ray_gives_the_same_metrics_as_in_process(ray_runtime, local_metrics, tm
     assert all(row["evaluator_individuals_per_second"] > 0 for row in rows)
 
 
+def test_novelty_on_ray_is_measured_against_the_whole_population(ray_runtime, tmp_path):
+    """Each actor scores half the population; novelty, finished on the driver, still sees everyone."""
+    extra = [("fitness.terms", "likelihood=1,diversity=0.5,novelty=1"), ("fitness.prompts", "4"),
+             ("fitness.generate_tokens", "12"), ("generations", "3")]
+    local = run_engine(tiny_config(extra=extra), tmp_path / "local")
+    rows = run_engine(tiny_config(workers=2, extra=extra), tmp_path / "ray")
+    assert comparable(rows) == comparable(local)
+    assert all(0.0 < row["novelty_mean"] <= 1.0 for row in rows)
+
+
 def test_killing_an_actor_mid_generation_changes_nothing(ray_runtime, local_metrics, tmp_path, monkeypatch):
     import evolm.engine
 
