@@ -1,6 +1,7 @@
 """Peak resident memory of an ES generation (population 16 and 256) over inference-only memory.
 
-Each measurement runs in a fresh subprocess and reads the kernel's peak RSS (VmHWM) at the end,
+Each measurement runs in a fresh subprocess and reads the kernel's peak RSS (``getrusage``'s
+ru_maxrss, the figure /proc's VmHWM shows, through evolm's one reader) at the end,
 so no measurement inherits another's allocations. Inference-only: build the same worker and run
 forward passes of the fitness batch. Memory should not grow with population size: noise is
 regenerated into preallocated buffers and only scalars come back.
@@ -20,15 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_result  # noqa: E402
 
 SIZES = {"default": [], "4x": [("model.width", "128"), ("model.ff", "512")]}
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(mode: str, population: int, genome: str, overrides: list[tuple[str, str]]) -> None:
@@ -51,6 +43,8 @@ def child(mode: str, population: int, genome: str, overrides: list[tuple[str, st
         for generation in range(2):
             step_generation(strategy, evaluator, generation)
             worker.validation_loss()
+    from evolm.baselines import peak_rss_mb
+
     print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
 
 

@@ -53,12 +53,15 @@ def measure(overrides, repeats: int, population: int, chunks, thread_options) ->
     def worker(*extra):
         return Worker.from_config(build_config(overrides=[*overrides, *extra]))
 
-    workers = {"seed": worker(), "lowrank 1": worker(("genome.name", "lowrank"), ("genome.batch_individuals", 1))}
-    for chunk in chunks:
-        workers[f"lowrank {chunk}"] = worker(("genome.name", "lowrank"), ("genome.batch_individuals", chunk))
-    assert workers["lowrank 1"].population_chunk == 0 and all(workers[f"lowrank {c}"].population_chunk == c for c in chunks)
-    model = workers["seed"].model
-    batch = workers["seed"].fitness_context(0).batch  # the 16 x 64 fitness batch every individual scores
+    # Two workers (one model each; more models in one process would crowd the caches): the lowrank
+    # worker's chunk is switched between calls, 0 meaning one at a time in place.
+    seed_worker = worker()
+    lowrank_worker = worker(("genome.name", "lowrank"), ("genome.batch_individuals", 1))
+    assert lowrank_worker.population_chunk == 0
+    methods = {"seed": (seed_worker, 0), "lowrank 1": (lowrank_worker, 0), **{f"lowrank {c}": (lowrank_worker, c) for c in chunks}}
+    workers = {"seed": seed_worker, "lowrank": lowrank_worker}
+    model = seed_worker.model
+    batch = seed_worker.fitness_context(0).batch  # the 16 x 64 fitness batch every individual scores
     for worker in workers.values():
         worker.fitness_context(0).batch.inputs.copy_(batch.inputs)  # same tokens for every method
         worker.fitness_context(0).batch.targets.copy_(batch.targets)
@@ -66,7 +69,13 @@ def measure(overrides, repeats: int, population: int, chunks, thread_options) ->
     counter = itertools.count(1)
 
     def evaluate(name):
-        return lambda: workers[name].evaluate(ask(counter, population), 0)
+        worker, chunk = methods[name]
+
+        def call():
+            worker.population_chunk = chunk
+            return worker.evaluate(ask(counter, population), 0)
+
+        return call
 
     def plain_batch(rows):
         repeat = -(-rows // batch.inputs.shape[0])
@@ -79,15 +88,15 @@ def measure(overrides, repeats: int, population: int, chunks, thread_options) ->
         # same interleaved rounds as the methods (a shape picked in a separate run can be unlucky).
         plains = {rows: plain_batch(rows) for rows in PLAIN_BATCHES}
         functions = {**{f"plain {rows}": (lambda b=b: mean_log_likelihood(model, b)) for rows, b in plains.items()},
-                     **{name: evaluate(name) for name in workers}}
+                     **{name: evaluate(name) for name in methods}}
         times = interleaved(functions, repeats=repeats)
         rates = {rows: [b.num_tokens / t for t in times[f"plain {rows}"]] for rows, b in plains.items()}
         best_rows = max(rates, key=lambda rows: statistics.median(rates[rows]))
         per_threads[threads] = {"plain_rows": best_rows, "plain": rates[best_rows],
                                 "plain_by_rows": {rows: statistics.median(r) for rows, r in rates.items()}}
-        for name in workers:
+        for name in methods:
             per_threads[threads][name] = [population * tokens_per_individual / t for t in times[name]]
-    methods = ["plain", *workers]
+    methods = ["plain", *methods]
     # Each method at its best thread count; the denominator is the best plain rate seen anywhere.
     best = {m: statistics.median(max((r[m] for r in per_threads.values()), key=statistics.median)) for m in methods}
     batched_chunk = max(chunks, key=lambda c: best[f"lowrank {c}"])

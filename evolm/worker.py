@@ -106,9 +106,9 @@ class Worker:
         worker.config = config
         # EGGROLL's batched pass scores a chunk of low-rank genomes at once when fitness is likelihood alone.
         terms = {name: weight for name, weight in parse_terms(config.fitness.terms) if weight}
-        chunk = population_chunk(config.genome.batch_individuals, device)
-        if isinstance(worker.genome, LowRankGenome) and supports_population(model) and set(terms) == {"likelihood"} and chunk > 1:
-            worker.population_chunk = chunk
+        if isinstance(worker.genome, LowRankGenome) and supports_population(model) and set(terms) == {"likelihood"}:
+            chunk = population_chunk(config.genome.batch_individuals, device)
+            worker.population_chunk = chunk if chunk > 1 else 0
             # nsga2 keeps raw term values as objectives; the weighted sum scales them.
             worker.likelihood_weight = 1.0 if config.strategy.name == "nsga2" else terms["likelihood"]
         return worker
