@@ -37,7 +37,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--genome", metavar="NAME", help="genome encoding (default seed)")
     parser.add_argument("--params", metavar="REGEX", help="which parameters evolve: names matching this pattern (default all; "
                         "for hf:PATH, the last block's attention and MLP)")
-    parser.add_argument("--workers", metavar="N", help="evaluate on N Ray actors (a local Ray runtime unless --ray-address)")
+    parser.add_argument("--workers", metavar="N", help="evaluate on N workers: Ray actors (a local Ray runtime unless "
+                        "--ray-address), or in-process threads with --backend threads")
+    parser.add_argument("--backend", metavar="ray|threads", help="where --workers run (default ray)")
     parser.add_argument("--ray-address", metavar="auto|HOST:PORT", help="join an existing Ray cluster")
     parser.add_argument("--gpus-per-worker", metavar="G", help="GPUs per Ray actor (fractions allowed)")
     parser.add_argument("--refine-every", metavar="K", help="gradient refinement every K generations (default 0: off)")
@@ -92,7 +94,8 @@ def _overrides_from_args(args) -> list[tuple[str, str]]:
                         ("population_size", "strategy.population_size"), ("generations", "generations"),
                         ("seed", "seed"), ("device", "device"), ("fitness", "fitness.terms"),
                         ("genome", "genome.name"), ("params", "genome.params"), ("workers", "evaluator.workers"),
-                        ("ray_address", "evaluator.ray_address"), ("gpus_per_worker", "evaluator.gpus_per_worker"),
+                        ("backend", "evaluator.backend"), ("ray_address", "evaluator.ray_address"),
+                        ("gpus_per_worker", "evaluator.gpus_per_worker"),
                         ("refine_every", "refine.every"), ("refine_steps", "refine.steps"), ("refine_mode", "refine.mode"),
                         ("checkpoint_every", "checkpoint_every"), ("tensorboard", "tensorboard")):
         value = getattr(args, option)

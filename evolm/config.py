@@ -82,11 +82,15 @@ class FitnessConfig:
     margin: float = 1.0  # m in the margin term max(0, m + s_n - s_p)
 
 
+EVALUATOR_BACKENDS = ("ray", "threads")
+
+
 @dataclass
 class EvaluatorConfig:
-    workers: int = 0  # 0: in-process; N: N Ray actors (a local Ray runtime unless ray_address is set)
+    workers: int = 0  # 0: in-process, one worker; N: N workers on the backend below
+    backend: str = "ray"  # ray: N Ray actors (a local runtime unless ray_address is set); threads: N in-process replicas
     ray_address: str = ""  # "auto" or HOST:PORT of an existing Ray cluster
-    threads_per_worker: int = 1  # torch threads inside each actor
+    threads_per_worker: int = 1  # torch threads inside each actor (threads backend: each replica's forwards)
     gpus_per_worker: float = 0.0  # fractional GPUs per actor, e.g. 0.25
 
 
@@ -283,6 +287,12 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"config field genome.params is not a valid regular expression: {error}") from None
     if config.evaluator.workers < 0:
         raise UsageError(f"config field evaluator.workers must be 0 (in-process) or positive, got {config.evaluator.workers}")
+    if config.evaluator.backend not in EVALUATOR_BACKENDS:
+        raise UsageError(f"config field evaluator.backend: unknown backend {config.evaluator.backend!r} "
+                         f"(choose from {', '.join(EVALUATOR_BACKENDS)})")
+    if config.evaluator.backend == "threads" and config.evaluator.ray_address:
+        raise UsageError("config field evaluator.ray_address: the threads backend runs on this machine only; "
+                         "drop the address or use evaluator.backend = ray")
     from evolm.fitness import validate_fitness_config
 
     validate_fitness_config(config)
