@@ -370,3 +370,32 @@ def test_diversity_term_keeps_a_run_more_diverse(tmp_path):
         run(config, tmp_path / f"diversity{weight}", progress=False, log=lambda *a: None)
         finals[weight] = json.loads((tmp_path / f"diversity{weight}" / "summary.json").read_text())["distinct_2_final"]
     assert finals["1"] > finals["0"], finals
+
+
+@pytest.mark.slow
+def test_novelty_term_keeps_a_run_more_diverse(tmp_path):
+    """Novelty rewards writing unlike the rest of the population, which also holds off collapse.
+
+    The diversity test's setting (tiny GPT, population 16, 40 generations, learning rate 0.1) with
+    fitness likelihood=1,self=1 plus novelty=5 or not. Measured distinct_2 at the end (torch 2.13 CPU):
+    seed 0: 0.81 with novelty vs 0.10 without; seeds 1-3: 0.72 vs 0.14, 0.80 vs 0.28, 0.51 vs 0.25.
+    Population novelty (novelty_mean) stays about 0.1 with the term. About 20 s on one thread.
+    """
+    from evolm.engine import run
+
+    finals = {}
+    for weight in ("5", "0"):
+        config = build_config(
+            overrides=[
+                ("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
+                ("data.batch_size", 8), ("data.val_sequences", 16), ("strategy.population_size", 16),
+                ("strategy.learning_rate", 0.1), ("strategy.sigma", 0.02), ("generations", 40), ("threads", 1),
+                ("fitness.terms", f"likelihood=1,self=1,novelty={weight}"),
+            ]
+        )
+        out = tmp_path / f"novelty{weight}"
+        run(config, out, progress=False, log=lambda *a: None)
+        finals[weight] = json.loads((out / "summary.json").read_text())["distinct_2_final"]
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all(("novelty_mean" in row) == (weight != "0") for row in rows)
+    assert finals["5"] > finals["0"] + 0.2, finals
