@@ -94,6 +94,7 @@ class NoiseGenome:
         # The seed each buffer holds noise for: an antithetic partner (same seed, negated scale,
         # evaluated next) reuses the noise instead of regenerating it, halving ES's noise cost.
         self._buffer_seeds: list[int | None] = [None] * len(space.tensors)
+        self._generator = torch.Generator()  # reseeded per (seed, tensor): cheaper than a new one each time
 
     def _generate(self, generator: torch.Generator, index: int) -> torch.Tensor:
         raise NotImplementedError
@@ -108,7 +109,7 @@ class NoiseGenome:
             noise = self._buffers[index]
         else:
             self._buffer_seeds[index] = None  # a failed generation must not leave a stale tag
-            noise = self._generate(torch.Generator().manual_seed(mix_seed(seed, index)), index)
+            noise = self._generate(self._generator.manual_seed(mix_seed(seed, index)), index)
             self._buffer_seeds[index] = seed
         device = self.space.tensors[index].device
         return noise if device.type == "cpu" else noise.to(device, non_blocking=True)
@@ -166,7 +167,8 @@ class LowRankGenome(NoiseGenome):
         rows, cols = buffer.shape
         a = torch.randn(rows, self.rank, generator=generator)
         b = torch.randn(cols, self.rank, generator=generator)
-        return torch.matmul(a, b.T, out=buffer).mul_(1.0 / math.sqrt(self.rank))
+        noise = torch.matmul(a, b.T, out=buffer)
+        return noise if self.rank == 1 else noise.mul_(1.0 / math.sqrt(self.rank))  # x * 1.0 is x: skip the pass
 
 
 class VectorGenome:
