@@ -95,6 +95,8 @@ class NoiseGenome:
         # evaluated next) reuses the noise instead of regenerating it, halving ES's noise cost.
         self._buffer_seeds: list[int | None] = [None] * len(space.tensors)
         self._generator = torch.Generator()  # reseeded per (seed, tensor): cheaper than a new one each time
+        # Where each tensor lives, looked up once (a hot path: every tensor of every individual).
+        self._devices = [None if t.device.type == "cpu" else t.device for t in space.tensors]
 
     def _generate(self, generator: torch.Generator, index: int) -> torch.Tensor:
         raise NotImplementedError
@@ -111,13 +113,13 @@ class NoiseGenome:
             self._buffer_seeds[index] = None  # a failed generation must not leave a stale tag
             noise = self._generate(self._generator.manual_seed(mix_seed(seed, index)), index)
             self._buffer_seeds[index] = seed
-        device = self.space.tensors[index].device
-        return noise if device.type == "cpu" else noise.to(device, non_blocking=True)
+        device = self._devices[index]
+        return noise if device is None else noise.to(device, non_blocking=True)
 
     def apply(self, model: nn.Module, genes) -> None:
         for seed, scale, mask in gene_entries(genes):
             for index, tensor in enumerate(self.space.tensors):
-                if mask_has(mask, index):
+                if mask == ALL_TENSORS or mask_has(mask, index):
                     tensor.add_(self.noise(seed, index), alpha=scale)
 
     def undo(self, model: nn.Module, genes) -> None:
