@@ -344,31 +344,36 @@ def test_context_is_deterministic_per_generation_and_leaves_global_rng_alone(cor
 # --- end to end -----------------------------------------------------------------------------------
 
 
+# Self-feedback collapse in 40 generations: tiny GPT, population 16, learning rate 0.1 so that the self
+# term has time to reward over-confident, repetitive text.
+COLLAPSE = [
+    ("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
+    ("data.batch_size", 8), ("data.val_sequences", 16), ("strategy.population_size", 16),
+    ("strategy.learning_rate", 0.1), ("strategy.sigma", 0.02), ("generations", 40), ("threads", 1),
+]
+
+
+def collapse_run(out, terms):
+    """The metrics rows and final distinct-2 of a COLLAPSE run with these fitness terms."""
+    from evolm.engine import run
+
+    run(build_config(overrides=[*COLLAPSE, ("fitness.terms", terms)]), out, progress=False, log=lambda *a: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / "summary.json").read_text())["distinct_2_final"]
+
+
 @pytest.mark.slow
 def test_diversity_term_keeps_a_run_more_diverse(tmp_path):
     """Self-feedback alone collapses the generations; the diversity term holds them apart.
 
-    Tiny GPT (tests/conftest.py TINY sizes), population 16, 40 generations, learning rate 0.1 so that the
-    self term has time to reward over-confident, repetitive text. Measured (seed 0, torch 2.13 CPU):
+    COLLAPSE with likelihood=1,self=1 and diversity=1 or 0. Measured (seed 0, torch 2.13 CPU):
     distinct_2 1.00 -> 0.62 with diversity=1 vs 1.00 -> 0.10 with diversity=0 (self_score -3.8 vs -0.6).
     Seeds 1-7 gave 0.73 vs 0.14, 0.58 vs 0.28, 0.67 vs 0.25, 0.65 vs 0.17, 0.52 vs 0.05, 0.75 vs 0.32,
     0.74 vs 0.08.
     About 30 s on one thread.
     """
-    from evolm.engine import run
-
-    finals = {}
-    for weight in ("1", "0"):
-        config = build_config(
-            overrides=[
-                ("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
-                ("data.batch_size", 8), ("data.val_sequences", 16), ("strategy.population_size", 16),
-                ("strategy.learning_rate", 0.1), ("strategy.sigma", 0.02), ("generations", 40), ("threads", 1),
-                ("fitness.terms", f"likelihood=1,self=1,diversity={weight}"),
-            ]
-        )
-        run(config, tmp_path / f"diversity{weight}", progress=False, log=lambda *a: None)
-        finals[weight] = json.loads((tmp_path / f"diversity{weight}" / "summary.json").read_text())["distinct_2_final"]
+    finals = {weight: collapse_run(tmp_path / f"diversity{weight}", f"likelihood=1,self=1,diversity={weight}")[1]
+              for weight in ("1", "0")}
     assert finals["1"] > finals["0"], finals
 
 
@@ -376,26 +381,12 @@ def test_diversity_term_keeps_a_run_more_diverse(tmp_path):
 def test_novelty_term_keeps_a_run_more_diverse(tmp_path):
     """Novelty rewards writing unlike the rest of the population, which also holds off collapse.
 
-    The diversity test's setting (tiny GPT, population 16, 40 generations, learning rate 0.1) with
-    fitness likelihood=1,self=1 plus novelty=5 or not. Measured distinct_2 at the end (torch 2.13 CPU):
+    COLLAPSE with likelihood=1,self=1 plus novelty=5 or not. Measured distinct_2 at the end (torch 2.13 CPU):
     seed 0: 0.81 with novelty vs 0.10 without; seeds 1-3: 0.72 vs 0.14, 0.80 vs 0.28, 0.51 vs 0.25.
     Population novelty (novelty_mean) stays about 0.1 with the term. About 20 s on one thread.
     """
-    from evolm.engine import run
-
     finals = {}
     for weight in ("5", "0"):
-        config = build_config(
-            overrides=[
-                ("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
-                ("data.batch_size", 8), ("data.val_sequences", 16), ("strategy.population_size", 16),
-                ("strategy.learning_rate", 0.1), ("strategy.sigma", 0.02), ("generations", 40), ("threads", 1),
-                ("fitness.terms", f"likelihood=1,self=1,novelty={weight}"),
-            ]
-        )
-        out = tmp_path / f"novelty{weight}"
-        run(config, out, progress=False, log=lambda *a: None)
-        finals[weight] = json.loads((out / "summary.json").read_text())["distinct_2_final"]
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows, finals[weight] = collapse_run(tmp_path / f"novelty{weight}", f"likelihood=1,self=1,novelty={weight}")
         assert all(("novelty_mean" in row) == (weight != "0") for row in rows)
     assert finals["5"] > finals["0"] + 0.2, finals

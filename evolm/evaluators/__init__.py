@@ -6,7 +6,18 @@ order, whatever the timing), ``apply_update(update)``, ``forward_tokens``, ``sta
 figures for logs: actors alive, bytes sent) and ``close()``; ``map`` is DEAP's seam.
 """
 
+import math
+
 from evolm.evaluators.local import LocalEvaluator
+
+
+def aligned_slices(count: int, pieces: int, multiple: int) -> list[tuple[int, int]]:
+    """At most ``pieces`` contiguous ``(start, stop)`` slices covering ``range(count)``, each starting
+    at a multiple of ``multiple`` (a worker's batched-pass size), so every worker forms the same
+    sub-batches the in-process evaluator would: the same shapes, the same arithmetic."""
+    size = max(1, math.ceil(count / max(1, pieces)))
+    size = math.ceil(size / multiple) * multiple
+    return [(start, min(count, start + size)) for start in range(0, count, size)]
 
 
 def make_evaluator(config, worker):
@@ -22,4 +33,4 @@ def make_evaluator(config, worker):
     return LocalEvaluator(worker)
 
 
-__all__ = ["LocalEvaluator", "make_evaluator"]
+__all__ = ["LocalEvaluator", "aligned_slices", "make_evaluator"]

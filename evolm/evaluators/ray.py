@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
 import re
 import secrets
@@ -33,6 +32,7 @@ import torch
 from ray import cloudpickle
 
 from evolm.errors import UsageError
+from evolm.evaluators import aligned_slices
 
 # Tasks in flight per actor: a second queued chunk hides the driver round trip between chunks.
 PIPELINE_DEPTH = 2
@@ -351,9 +351,7 @@ class RayEvaluator:
         self._bytes_total += nbytes
 
     def _chunks(self, count: int, actors: int) -> list[tuple[int, int]]:
-        size = max(1, math.ceil(count / max(1, actors * CHUNKS_PER_ACTOR)))
-        size = math.ceil(size / self._batch_multiple) * self._batch_multiple
-        return [(start, min(count, start + size)) for start in range(0, count, size)]
+        return aligned_slices(count, actors * CHUNKS_PER_ACTOR, self._batch_multiple)
 
     def _dispatch(self, payloads: list, submit, on_result) -> None:
         """Run every payload on some actor, each actor holding at most PIPELINE_DEPTH in flight.

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from evolm.errors import UsageError
+from evolm.evaluators import aligned_slices
 from evolm.individuals import genes_of
 
 
@@ -41,10 +42,7 @@ class ThreadEvaluator:
         self._batch_multiple = max(1, getattr(worker, "population_chunk", 0) or 1)
 
     def _slices(self, count: int) -> list[tuple[int, int]]:
-        blocks = -(-count // self._batch_multiple)
-        per = -(-blocks // len(self.replicas))
-        return [(start * self._batch_multiple, min(count, (start + per) * self._batch_multiple))
-                for start in range(0, blocks, per)]
+        return aligned_slices(count, len(self.replicas), self._batch_multiple)
 
     def _copy_driver(self) -> None:
         state = {"tensors": self.worker.space.tensors, "optimizer": None}  # only the driver steps an optimiser
