@@ -40,7 +40,8 @@ class StrategyConfig:
     name: str = "es"
     population_size: int = 48  # must be even for es (antithetic pairs)
     sigma: float = 0.02  # noise scale (Salimans et al. 2017 use 0.02)
-    learning_rate: float = 0.01  # Adam step on the ES gradient estimate (Salimans et al. use 0.01)
+    learning_rate: float = 0.01  # step size on the ES gradient estimate (Salimans et al. use 0.01 with Adam)
+    optimizer: str = "adam"  # es center step: adam (Salimans et al. 2017) | sgd (plain step, Qiu et al. 2025; no optimiser state)
     weight_decay: float = 0.0  # L2 coefficient applied with the Adam step
     # ga / nsga2 (sigma is the initial mutation scale; it adapts by the 1/5th success rule)
     elites: int = 2  # best individuals copied unchanged into the next generation (ga)
@@ -114,7 +115,7 @@ class RunConfig:
     device: str = "cpu"
     name: str = ""  # run name; "" derives one from the strategy, model and seed
     threads: int = 0  # torch threads; 0 leaves torch's default
-    checkpoint_every: int = 1  # generations between checkpoints (and always the last); 0: none (resume starts over)
+    checkpoint_every: int = 1  # generations between checkpoints (and always the last); 0: none (resume starts over); -1: auto (by checkpoint cost)
     tensorboard: bool = False  # also log metrics as TensorBoard scalars under RUN_DIR/tensorboard (needs the tensorboard package)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -273,8 +274,10 @@ def validate(config: RunConfig) -> None:
 
         if importlib.util.find_spec("tensorboard") is None:
             raise UsageError("config field tensorboard is on but the tensorboard package is not installed (pip install tensorboard)")
-    if config.checkpoint_every < 0:
-        raise UsageError(f"config field checkpoint_every must be 0 (no checkpoints) or positive, got {config.checkpoint_every}")
+    if config.checkpoint_every < -1:
+        raise UsageError(f"config field checkpoint_every must be -1 (auto), 0 (no checkpoints) or positive, got {config.checkpoint_every}")
+    if config.strategy.optimizer not in ("adam", "sgd"):
+        raise UsageError(f"config field strategy.optimizer must be adam or sgd, got {config.strategy.optimizer!r}")
     if config.threads < 0:
         raise UsageError(f"config field threads must be 0 (torch's default) or positive, got {config.threads}")
     if config.device not in ("cpu", "cuda") and not config.device.startswith("cuda:"):
