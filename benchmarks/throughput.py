@@ -5,7 +5,7 @@ repeat, so no noise is reused across calls) on the reference 16 x 64 fitness bat
 worker's own code path (``Worker.evaluate``, or the threads evaluator with two replicas):
 
 (a) plain: the fastest forward + log-likelihood of the unperturbed model over batch shapes 16, 32 and 64 x 64
-    (the honest denominator of BENCHMARKS.md; 8 and 128 rows were slower in every earlier run);
+    (the honest denominator of benchmarks/README.md; 8 and 128 rows were slower in every earlier run);
 (b) lowrank, batched: EGGROLL's pass, ``chunk`` individuals at once, for each chunk in --chunks;
 (c) lowrank, in place: one individual at a time, rank-1 noise added to the weights, scored, restored;
 (d) seed, in place: the same with full-rank noise regenerated into preallocated buffers (an antithetic
