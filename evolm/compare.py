@@ -4,17 +4,28 @@ initial weights and budget (wall seconds or forward tokens), over several seeds.
 Each (method, seed) runs in its own subprocess, so its peak memory is its own. Writes
 ``compare.md`` (a table), ``compare.json`` (the same rows) and ``compare.png`` (validation loss
 against wall time and against forward tokens, one line per method).
+
+After each run, compare itself judges the run's final weights (``model.safetensors``) the same way
+for every method (:class:`Judge`): the final model continues fixed validation prompts with seeded
+sampling (the per-generation report's prompts, lengths, temperature and sampling seed,
+:meth:`evolm.fitness.Fitness.report`), and the frozen initial model (built from the same config and
+seed as every method's start) scores those continuations: ``reference_score``. The final model's
+own score of the same text (``self_score``) and its distinct-2 come with it. Runs' own
+``self_score_final`` is not used: evolution runs report the model judging itself, the baselines the
+frozen model, on different prompts and lengths.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from evolm.errors import UsageError
+from evolm.fitness import REPORT_NEW_TOKENS, REPORT_PROMPTS
 
 # Evolution methods: config overrides on top of the user's; "hybrid" is es with gradient refinement.
 EVOLUTION = {
@@ -25,8 +36,20 @@ EVOLUTION = {
 }
 BASELINE_NAMES = ("adam", "reinforce", "mezo")
 METHODS = (*EVOLUTION, *BASELINE_NAMES)
-# Every method's self-score is judged by the same frozen initial model, so the column compares.
+# A self-feedback term, if the user turns one on, is scored by the frozen initial model, as reinforce's reward is.
 COMMON = [("fitness.scorer", "reference"), ("generations", "1000000")]
+# What each column of the table and of compare.json's rows means: written into compare.json.
+COLUMNS = {
+    "val_loss_final": "validation loss of the final weights (nats per token), mean over seeds; val_loss_std its std",
+    "reference_score": "mean log-likelihood per token that the frozen initial model gives the final model's continuations "
+                       "of fixed validation prompts (the same judge, prompts, lengths, temperature and sampling seed for "
+                       "every method), mean over seeds; reference_score_std its std",
+    "self_score": "the final model's own mean log-likelihood per token of those same continuations (the model judges itself)",
+    "distinct_2": "distinct bigrams / bigrams of those same continuations",
+    "forward_tokens": "tokens through forward passes for fitness or training (validation and reports excluded), mean over seeds",
+    "wall_seconds": "the run's wall seconds, mean over seeds",
+    "peak_rss_mb": "peak resident memory of the run's process, max over seeds",
+}
 
 
 def parse_methods(text: str) -> list[str]:
@@ -45,8 +68,10 @@ def run_one(method: str, seed: int, out_dir: Path, overrides, budget_seconds, bu
     from evolm.config import build_config
     from evolm.engine import run
 
+    def quiet(*args) -> None:
+        """The child's output is its summary line alone."""
+
     settings = [*COMMON, *overrides, ("seed", seed)]
-    quiet = lambda *args: None  # noqa: E731
     if method in EVOLUTION:
         settings += [*EVOLUTION[method], ("budget_seconds", budget_seconds or 0), ("budget_tokens", budget_tokens or 0)]
         summary = run(build_config(overrides=settings), out_dir, progress=False, log=quiet)
@@ -63,6 +88,37 @@ def _child(argv: list[str]) -> None:
     print("EVOLM-SUMMARY " + json.dumps(summary, default=str))
 
 
+class Judge:
+    """The frozen initial model of one seed, and the fixed prompts every method's final model continues.
+
+    Built from the compare's common settings and the seed, so it is every method's starting model
+    (``build_model(config.model, seed)``). It reuses the run report's machinery
+    (:meth:`evolm.fitness.Fitness.report` with ``scorer=reference``): evenly spaced validation prompts,
+    ``REPORT_NEW_TOKENS`` new tokens at ``fitness.temperature``, sampled from a generator seeded with
+    ``derive_seed(seed, "fitness-report")``, scored by a frozen copy of the initial model.
+    """
+
+    def __init__(self, overrides, seed: int):
+        from evolm.config import build_config
+        from evolm.worker import Worker
+
+        config = build_config(overrides=[*COMMON, *overrides, ("seed", seed),
+                                         ("fitness.terms", "self=1"), ("fitness.scorer", "reference")])
+        self.worker = Worker.from_config(config)
+        self.initial = self._figures(self.worker.model)  # the initial model judging its own text
+
+    def _figures(self, model) -> dict:
+        figures = self.worker.fitness.report(model, -1)
+        return {"reference_score": figures["reference_score"], "self_score": figures["self_score"],
+                "distinct_2": figures["distinct_2"]}
+
+    def __call__(self, run_dir: Path) -> dict:
+        """Judge the final weights a run left in ``run_dir``."""
+        from evolm.sampling import load_run_model
+
+        return self._figures(load_run_model(run_dir).to(self.worker.device))
+
+
 def _curve(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [{"wall_seconds": r["wall_seconds"], "forward_tokens": r["forward_tokens"], "val_loss": r["val_loss"]} for r in rows]
@@ -77,33 +133,49 @@ def compare(methods, out_dir: Path, seeds: int = 1, budget_seconds: float | None
         raise UsageError(f"output folder {out_dir} already holds a comparison; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = json.dumps({"overrides": [list(p) for p in overrides], "budget_seconds": budget_seconds, "budget_tokens": budget_tokens})
-    rows, curves = [], {}
+    rows, curves, judges = [], {}, {}
     for method in methods:
         summaries, failure = [], None
         for seed in range(seeds):
             run_dir = out_dir / f"{method}-seed{seed}"
             log(f"evolm compare: {method} seed {seed} ...")
             result = subprocess.run([sys.executable, "-m", "evolm.compare", "--child", method, str(seed), str(run_dir), spec],
-                                    capture_output=True, text=True)
+                                    capture_output=True, text=True, check=False)
             lines = [line for line in result.stdout.splitlines() if line.startswith("EVOLM-SUMMARY ")]
             if result.returncode != 0 or not lines:
                 # One failing method never costs the others' results: it becomes a row saying why.
                 failure = (result.stderr.strip().splitlines() or ["no output"])[-1]
                 log(f"evolm compare: {method} seed {seed} failed: {failure}")
                 break
-            summaries.append(json.loads(lines[-1][len("EVOLM-SUMMARY "):]))
+            summary = json.loads(lines[-1][len("EVOLM-SUMMARY "):])
+            try:
+                if seed not in judges:
+                    judges[seed] = Judge(overrides, seed)
+                summary["judged"] = judges[seed](run_dir)
+            except UsageError as error:
+                failure = f"judging the final weights: {error}"
+                log(f"evolm compare: {method} seed {seed} failed: {failure}")
+                break
+            summaries.append(summary)
             curves.setdefault(method, []).append(_curve(run_dir))
         if failure is not None:
             rows.append({"method": method, "error": failure})
             continue
         finals = [s["val_loss_final"] for s in summaries]
-        mean = lambda key: statistics.mean(float(s[key]) for s in summaries if s.get(key) is not None)  # noqa: E731
+        def mean(key, summaries=summaries):
+            return statistics.mean(float(s[key]) for s in summaries if s.get(key) is not None)
+
+        def judged(key, summaries=summaries):
+            return [s["judged"][key] for s in summaries]
+
         rows.append({
             "method": method,
             "val_loss_final": statistics.mean(finals),
             "val_loss_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
-            "self_score": mean("self_score_final"),
-            "distinct_2": mean("distinct_2_final"),
+            "reference_score": _mean(judged("reference_score")),
+            "reference_score_std": _std(judged("reference_score")),
+            "self_score": _mean(judged("self_score")),
+            "distinct_2": _mean(judged("distinct_2")),
             "forward_tokens": mean("forward_tokens"),
             "wall_seconds": mean("wall_seconds"),
             "peak_rss_mb": max(float(s["peak_rss_mb"]) for s in summaries),
@@ -111,22 +183,68 @@ def compare(methods, out_dir: Path, seeds: int = 1, budget_seconds: float | None
         })
         log(f"evolm compare: {method}: validation loss {rows[-1]['val_loss_final']:.3f} ± {rows[-1]['val_loss_std']:.3f}")
     budget = f"{budget_seconds:g} s" if budget_seconds else f"{budget_tokens:,} forward tokens"
-    (out_dir / "compare.json").write_text(json.dumps({"budget": budget, "rows": rows}, indent=2) + "\n")
-    (out_dir / "compare.md").write_text(markdown_table(rows, budget, seeds))
+    judge = {
+        "scorer": "the frozen initial model (the same config and seed as every method's start)",
+        "prompts": REPORT_PROMPTS, "new_tokens": REPORT_NEW_TOKENS,
+        "sampling_seed": "derive_seed(seed, 'fitness-report'), the same for every method of a seed",
+        # The initial model judging its own continuations: where every method starts.
+        "initial": {key: _mean([j.initial[key] for j in judges.values()]) for key in ("reference_score", "distinct_2")},
+    }
+    if judges:
+        config = next(iter(judges.values())).worker.fitness
+        judge.update(prompt_tokens=config.prompt_tokens, temperature=config.temperature)
+    document = {"budget": budget, "seeds": seeds, "columns": COLUMNS, "judge": judge, "rows": rows}
+    (out_dir / "compare.json").write_text(json.dumps(_json_ready(document), indent=2) + "\n")
+    (out_dir / "compare.md").write_text(markdown_table(rows, budget, seeds, judge["initial"]))
     plot_comparison(curves, out_dir / "compare.png")
     return rows
 
 
-def markdown_table(rows: list[dict], budget: str, seeds: int) -> str:
-    lines = [f"Budget: {budget} per run, {seeds} seed(s); validation loss mean ± std over seeds.", "",
-             "| method | val loss | self-score | distinct-2 | forward tokens | wall s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else math.nan
+
+
+def _std(values: list[float]) -> float:
+    return statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def _json_ready(value):
+    """NaN (a diverged model's scores) as null, so compare.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def markdown_table(rows: list[dict], budget: str, seeds: int, initial: dict | None = None) -> str:
+    start = ""
+    if initial and initial.get("reference_score") is not None and math.isfinite(initial["reference_score"]):
+        start = (f" At the start (the initial model judging its own text): reference score "
+                 f"{initial['reference_score']:.3f}, distinct-2 {initial['distinct_2']:.3f}.")
+    lines = [f"Budget: {budget} per run, {seeds} seed(s); mean (± std) over seeds.", "",
+             "Val loss: validation loss of the final weights (nats per token). The final model continues fixed "
+             "validation prompts with seeded sampling, the same prompts, lengths, temperature and seed for every "
+             "method; reference score: mean log-likelihood per token of those continuations under the frozen "
+             "initial model (one judge for all methods); own score: the final model's own log-likelihood of the "
+             "same continuations; distinct-2: distinct bigrams / bigrams of the same continuations." + start, "",
+             ("| method | val loss | reference score (frozen initial model) | own score (model judges itself) "
+              "| distinct-2 | forward tokens | wall s | peak RSS MB |"),
+             "|---|---|---|---|---|---|---|---|"]
+
+    def number(value) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed: {r['error'].replace('|', '/')} | | | | | |")
+            lines.append(f"| {r['method']} | failed: {r['error'].replace('|', '/')} | | | | | | |")
             continue
-        lines.append(f"| {r['method']} | {r['val_loss_final']:.3f} ± {r['val_loss_std']:.3f} | {r['self_score']:.3f} | "
-                     f"{r['distinct_2']:.3f} | {r['forward_tokens']:,.0f} | {r['wall_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+        lines.append(f"| {r['method']} | {r['val_loss_final']:.3f} ± {r['val_loss_std']:.3f} "
+                     f"| {number(r['reference_score'])} ± {number(r['reference_score_std'])} | {number(r['self_score'])} "
+                     f"| {number(r['distinct_2'])} | {r['forward_tokens']:,.0f} | {r['wall_seconds']:.1f} "
+                     f"| {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
