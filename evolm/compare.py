@@ -17,8 +17,11 @@ frozen model, on different prompts and lengths.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
+import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -193,11 +196,39 @@ def compare(methods, out_dir: Path, seeds: int = 1, budget_seconds: float | None
     if judges:
         config = next(iter(judges.values())).worker.fitness
         judge.update(prompt_tokens=config.prompt_tokens, temperature=config.temperature)
-    document = {"budget": budget, "seeds": seeds, "columns": COLUMNS, "judge": judge, "rows": rows}
+    document = {"budget": budget, "seeds": seeds, "columns": COLUMNS, "judge": judge, "rows": rows,
+                "machine": machine(), "command": invoking_command()}
     (out_dir / "compare.json").write_text(json.dumps(_json_ready(document), indent=2) + "\n")
     (out_dir / "compare.md").write_text(markdown_table(rows, budget, seeds, judge["initial"]))
     plot_comparison(curves, out_dir / "compare.png")
     return rows
+
+
+def machine() -> dict:
+    """Where the comparison ran: CPU model, cores, Python, torch (and Ray) versions."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    try:
+        info["ray"] = importlib.metadata.version("ray")  # without importing Ray
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return info
+
+
+def invoking_command() -> str | None:
+    """The ``evolm compare ...`` command line this process runs, None when called from Python."""
+    if Path(sys.argv[0]).name not in ("evolm", "__main__.py") or "compare" not in sys.argv[1:]:
+        return None
+    return shlex.join(["evolm", *sys.argv[1:]])
 
 
 def _mean(values: list[float]) -> float:

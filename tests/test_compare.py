@@ -99,3 +99,6 @@ def test_compare_judges_every_method_with_the_frozen_initial_model(tmp_path, cli
     assert "| method | val loss | reference score (frozen initial model) | own score (model judges itself) |" in table
     assert "under the frozen initial model" in table
     assert set(document["columns"]) >= {"reference_score", "self_score", "distinct_2"}
+    # Where and how it ran, as every benchmark result records it.
+    assert document["command"].startswith("evolm compare --methods es,adam --budget-tokens 20000")
+    assert document["machine"]["cores"] >= 1 and document["machine"]["torch"]
