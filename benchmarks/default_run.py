@@ -79,7 +79,9 @@ def measure(command: list[str]) -> dict:
                        "user_seconds": usage.ru_utime, "system_seconds": usage.ru_stime}
             source = "resource.getrusage(RUSAGE_CHILDREN)"
     return {"wall_seconds_command": round(wall, 2), "peak_rss_mb": round(figures.pop("peak_rss_kb") / 1024, 1),
-            **figures, "measured_with": source, "stdout_tail": result.stdout.strip().splitlines()[-4:]}
+            **figures, "measured_with": source,
+            # The run's own closing line; the sample that follows it is random bytes early on.
+            "done_line": next((line for line in result.stdout.splitlines() if line.startswith("evolm: done")), None)}
 
 
 def main() -> None:
@@ -124,7 +126,7 @@ def main() -> None:
         "cpu_percent": measured.get("cpu_percent"),
         "measured_with": measured["measured_with"],
         "load_average_before": [round(x, 2) for x in load_before],
-        "stdout_tail": measured["stdout_tail"],
+        "done_line": measured["done_line"],
     }
     path = write_result("default_run", data)
     print(f"wrote {path}")
