@@ -5,7 +5,7 @@
 
 __version__ = "0.1.0"
 
-_API = ("evolve", "resume", "load_weights", "time_major", "logits_from")
+_API = ("evolve", "resume", "load_weights", "time_major", "time_major_io", "logits_from")
 __all__ = ["__version__", *_API]
 
 

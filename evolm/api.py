@@ -26,7 +26,6 @@ import copy
 import functools
 import inspect
 import numbers
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -75,9 +74,24 @@ def default_logits(output):
 
 
 def time_major(output):
-    """Adapter for time-major logits ``(time, batch, vocab)`` (an ``nn.LSTM`` without ``batch_first``);
-    a tuple or an object with ``.logits`` is unpacked first."""
+    """Adapter for time-major logits ``(time, batch, vocab)`` (an ``nn.LSTM`` without ``batch_first``, whose
+    ``forward`` transposes the token ids itself); a tuple or an object with ``.logits`` is unpacked first."""
     return default_logits(output).transpose(0, 1)
+
+
+@dataclass(frozen=True)
+class TimeMajorIO:
+    """Adapter for a module time-major on both sides, like the seed document's ``LanguageModel``: it is given
+    token ids ``(time, batch)`` and its logits ``(time, batch, vocab)`` are swapped back (as :func:`time_major`).
+    Use the instance :data:`time_major_io`."""
+
+    transpose_tokens = True  # read by AdaptedModel: the token ids go in transposed
+
+    def __call__(self, output):
+        return time_major(output)
+
+
+time_major_io = TimeMajorIO()
 
 
 @dataclass(frozen=True)
@@ -123,6 +137,8 @@ class AdaptedModel(LanguageModel):
         return self.module
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if getattr(self.adapter, "transpose_tokens", False):
+            tokens = tokens.t()
         output = self.module(tokens)
         return self.adapter(output) if self.adapter is not None else default_logits(output)
 
@@ -270,14 +286,15 @@ def _user_validation(model: nn.Module, function: Callable) -> float:
 
 def build_worker(config, model: nn.Module, *, adapter: Callable | None = None, fitness: Callable | None = None,
                  tokenizer=None, corpus: Corpus | None = None, context: int | None = None,
-                 validation: Callable | None = None, params: str | None = None):
+                 validation: Callable | None = None, params: str | None = None, probe: bool = False):
     """A :class:`~evolm.worker.Worker` around any module: corpus (``tokenizer``), parameter space, genome,
     fitness (``fitness`` callable, or the configured corpus terms), center optimiser and validation loss.
 
     ``model`` may already be an evolm language model (``forward`` gives logits, ``generate`` samples); any
     other module is wrapped in :class:`AdaptedModel` with ``adapter`` and ``context`` (longest sequence its
     forward takes; None: unbounded). ``validation(module) -> float`` is a loss (lower is better); without
-    one, the validation loss is the corpus's, when there is a corpus.
+    one, the validation loss is the corpus's, when there is a corpus. ``probe``: check on a tiny batch that
+    the model keeps the rows of a batch apart and is causal (:mod:`evolm.probe`), when it reads text.
     """
     from evolm.strategies.es import make_center_optimizer
     from evolm.worker import Worker, resolve_device
@@ -301,7 +318,12 @@ def build_worker(config, model: nn.Module, *, adapter: Callable | None = None, f
     validation_fn = None
     if uses_text:
         corpus = corpus or load_corpus(config, tokenizer)
-        check_logits(language_model, max(tokenizer_vocab(tokenizer), int(corpus.train.max()) + 1), device)
+        vocab = max(tokenizer_vocab(tokenizer), int(corpus.train.max()) + 1)
+        check_logits(language_model, vocab, device)
+        if probe:
+            from evolm.probe import probe_language_model
+
+            probe_language_model(language_model, vocab, device, model_context_of(language_model))
         val_batch = corpus.validation_batch(config.data.val_sequences).to(device)
         validation_fn = functools.partial(_validation_loss, batch=val_batch)
     else:
@@ -348,13 +370,15 @@ class ModuleWorkerFactory(_RecordingFactory):
     every actor's module starts from the same weights.
     """
 
-    def __init__(self, model, *, adapter=None, fitness=None, tokenizer=None, context=None, validation=None):
+    def __init__(self, model, *, adapter=None, fitness=None, tokenizer=None, context=None, validation=None, probe=True):
         self.model = model
         self.adapter = adapter
         self.fitness = fitness
         self.tokenizer = tokenizer
         self.context = context
         self.validation = validation
+        # Probe the module on first use only: once the driver's passed, the copies Ray actors unpickle skip it.
+        self.probe = probe
 
     def parts(self) -> dict:
         return {"model factory": self.model, "adapter": self.adapter, "fitness function": self.fitness,
@@ -371,8 +395,11 @@ class ModuleWorkerFactory(_RecordingFactory):
         return module
 
     def __call__(self, config):
-        return self._record(build_worker(config, self.build_module(config), adapter=self.adapter, fitness=self.fitness,
-                                         tokenizer=self.tokenizer, context=self.context, validation=self.validation))
+        worker = build_worker(config, self.build_module(config), adapter=self.adapter, fitness=self.fitness,
+                              tokenizer=self.tokenizer, context=self.context, validation=self.validation,
+                              probe=self.probe)
+        self.probe = False
+        return self._record(worker)
 
 
 class HFWorkerFactory(_RecordingFactory):
@@ -478,13 +505,23 @@ def make_config(config=None, *, data=None, fitness_terms: str | None = None, ove
 # --- evolve / resume / weights ------------------------------------------------------------------------
 
 
-def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, validation):
-    """The picklable worker factory for ``model``, and the name ``config.model.name`` records for it."""
+def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, validation, probe=True):
+    """The picklable worker factory for ``model`` and the name ``config.model.name`` records for it. A built-in
+    model (``"gpt"``, ``"lstm"``) gets None: the engine builds it from the config, exactly as ``evolm run`` does."""
     if isinstance(model, str):
+        from evolm.models import MODEL_NAMES
         from evolm.models.hf import is_hf
 
+        if model in MODEL_NAMES:
+            given = [name for name, value in (("adapter=", adapter), ("tokenizer=", tokenizer), ("max_context=", context),
+                                              ("a fitness function", fitness), ("validation=", validation)) if value is not None]
+            if given:
+                raise UsageError(f"the built-in model {model!r} is set up by config fields (model.*, fitness.terms), "
+                                 f"as for evolm run: drop {', '.join(given)}")
+            return None, model
         if not is_hf(model):
-            raise UsageError(f"model {model!r}: a model given by name must be hf:PATH (a local Hugging Face checkpoint folder)")
+            raise UsageError(f"model {model!r}: a model given by name must be one of the built-in models "
+                             f"({', '.join(MODEL_NAMES)}) or hf:PATH (a local Hugging Face checkpoint folder)")
         if adapter is not None or tokenizer is not None or context is not None:
             raise UsageError("a Hugging Face model brings its own output layout, tokenizer and context: "
                              "drop adapter=, tokenizer= and max_context=")
@@ -494,15 +531,15 @@ def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, vali
             raise UsageError("on Ray (evaluator.workers > 0) pass the model as a zero-argument factory (its class, or "
                              "functools.partial(MyModel, ...)) so that every actor builds its own, not a module instance")
     elif not callable(model):
-        raise UsageError(f"model must be a torch.nn.Module, a zero-argument factory returning one, or 'hf:PATH'; "
-                         f"got {type(model).__name__}")
+        raise UsageError(f"model must be a torch.nn.Module, a zero-argument factory returning one, a built-in model "
+                         f"name (gpt, lstm) or 'hf:PATH'; got {type(model).__name__}")
     return ModuleWorkerFactory(model, adapter=adapter, fitness=fitness, tokenizer=tokenizer, context=context,
-                               validation=validation), CUSTOM_MODEL
+                               validation=validation, probe=probe), CUSTOM_MODEL
 
 
 def _check_ray_ready(factory, config) -> None:
     """On Ray, every part the actors need must pickle: checked before any Ray runtime starts."""
-    if not (config.evaluator.workers or config.evaluator.ray_address):
+    if factory is None or not (config.evaluator.workers or config.evaluator.ray_address):
         return
     where = f"evaluator.workers={config.evaluator.workers}" if config.evaluator.workers else "evaluator.ray_address"
     check_picklable(factory.parts(), where)
@@ -510,17 +547,20 @@ def _check_ray_ready(factory, config) -> None:
 
 
 def evolve(model, *, data=None, fitness=None, adapter=None, tokenizer=None, max_context=None, validation=None,
-           config=None, out=None, overrides=(), overwrite=False, progress=False, log=print, **settings) -> dict:
+           config=None, out=None, overrides=(), overwrite=False, progress=False, log=print, probe=True,
+           **settings) -> dict:
     """Evolve ``model``; returns the run summary (also in ``OUT/summary.json``).
 
     - ``model``: an ``nn.Module`` (evolved in place), a zero-argument factory returning one (needed for Ray),
+      a built-in model's name (``"gpt"``, ``"lstm"``, set up by ``model.*`` settings as with ``evolm run``),
       or ``"hf:PATH"`` (a local Hugging Face causal LM and its tokenizer).
     - ``data``: a UTF-8 text file or folder of ``.txt`` files (default: the embedded corpus when the fitness
       needs text).
     - ``fitness``: None (the configured terms, ``fitness.terms``), a terms string (``"likelihood=1,self=0.5"``),
       or a callable ``fitness(module) -> float`` (higher is better; a ``generation`` parameter receives
       the generation number, to share one batch across a generation).
-    - ``adapter``: the module's output -> logits ``(batch, time, vocab)`` (:func:`time_major`, :func:`logits_from`).
+    - ``adapter``: the module's output -> logits ``(batch, time, vocab)`` (:func:`time_major`,
+      :data:`time_major_io`, :func:`logits_from`).
     - ``tokenizer``: ``encode(text) -> ids`` and ``decode(ids) -> text`` with ``vocab_size`` (default: UTF-8 bytes).
     - ``max_context``: the longest sequence the module's forward takes (None: unbounded, like an LSTM);
       the training window is the setting ``context`` (``model.context``, default 64).
@@ -529,6 +569,9 @@ def evolve(model, *, data=None, fitness=None, adapter=None, tokenizer=None, max_
       (``generations=50``, ``population_size=32``, ``sigma=0.02``, ``workers=2``, or any ``section__field``).
     - ``out``: the run folder (default ``runs/<name>-<time>``); ``overwrite``: replace an earlier run there;
       ``progress``: a progress bar; ``log``: where messages go.
+    - ``probe``: before the run, a module that reads text is checked on a tiny batch (:mod:`evolm.probe`): the
+      rows of a batch must not affect each other, and no position may see a later token; a module that fails
+      is refused with one UsageError. ``probe=False`` skips the check.
     """
     from evolm.engine import default_run_dir, run
 
@@ -538,68 +581,50 @@ def evolve(model, *, data=None, fitness=None, adapter=None, tokenizer=None, max_
         raise UsageError(f"fitness must be a callable fitness(model) -> float or a terms string, got {type(fitness).__name__}")
     run_config = make_config(config, data=data, fitness_terms=terms, overrides=overrides, settings=settings)
     factory, model_name = _worker_factory(model, run_config, adapter=adapter, fitness=user_fitness, tokenizer=tokenizer,
-                                          context=max_context, validation=validation)
+                                          context=max_context, validation=validation, probe=probe)
     _validated(run_config, model_name)
     if user_fitness is not None and run_config.strategy.name == "nsga2":
         raise UsageError("config field strategy.name: nsga2 scores each configured fitness term as an objective; "
                          "with a fitness function use es, ga or cmaes")
     _check_ray_ready(factory, run_config)
-    if out:
-        out_dir = Path(out)
-    else:  # runs/<strategy>-<model>-seed<seed>-<time>, with hf:/models/gpt2 named hf-gpt2
-        named = copy.deepcopy(run_config)
-        if model_name.startswith("hf:"):
-            named.model.name = "hf-" + Path(model_name[3:]).name
-        out_dir = default_run_dir(named)
-    return _run_and_finish(lambda: run(run_config, out_dir=out_dir, overwrite=overwrite, progress=progress, log=log,
-                                       worker_factory=factory), factory, out_dir, log)
+    out_dir = Path(out) if out else default_run_dir(run_config)  # runs/<strategy>-<model>-seed<seed>-<time>
+    summary = run(run_config, out_dir=out_dir, overwrite=overwrite, progress=progress, log=log, worker_factory=factory)
+    return _finish(summary, factory)
 
 
 def resume(run_dir, model=None, *, fitness=None, adapter=None, tokenizer=None, max_context=None, validation=None,
-           progress=False, log=print) -> dict:
-    """Continue an interrupted API run from its last checkpoint, with the same model (factory), adapter,
-    fitness and tokenizer it started with; ``model`` may be left out for a Hugging Face run."""
+           progress=False, log=print, probe=True) -> dict:
+    """Continue an interrupted run from its last checkpoint: any run ``evolm run`` or :func:`evolve` started.
+
+    A run of a built-in model (gpt, lstm) or of ``hf:PATH`` needs only ``run_dir`` (its ``config.toml`` names
+    the model); a module given to :func:`evolve` needs the same model (factory), adapter, fitness and
+    tokenizer again, and is probed as :func:`evolve` probes it (``probe=False`` skips that)."""
     from evolm.engine import resume as engine_resume
     from evolm.sampling import load_run_config
 
     config = load_run_config(run_dir)
+    recorded = config.model.name
     if model is None:
-        model = config.model.name
-        if model == CUSTOM_MODEL:
-            raise UsageError(f"run folder {run_dir} evolved a custom module: pass the same model (factory) to resume()")
+        if recorded == CUSTOM_MODEL:
+            raise UsageError(f"run folder {run_dir} evolved a module given to evolm.evolve: pass the same model "
+                             f"(factory) to resume(), e.g. evolm.resume(run_dir, MyModel, adapter=...)")
+        model = recorded
+    elif (isinstance(model, str) and recorded == CUSTOM_MODEL) or (recorded != CUSTOM_MODEL and model != recorded):
+        what = "a module given to evolm.evolve" if recorded == CUSTOM_MODEL else repr(recorded)
+        raise UsageError(f"run folder {run_dir} evolved {what} (its config.toml), not {model!r}: "
+                         + ("pass that module (factory)" if recorded == CUSTOM_MODEL else "leave model= out"))
     factory, _ = _worker_factory(model, config, adapter=adapter, fitness=fitness, tokenizer=tokenizer,
-                                 context=max_context, validation=validation)
+                                 context=max_context, validation=validation, probe=probe)
     _check_ray_ready(factory, config)
-    return _run_and_finish(lambda: engine_resume(run_dir, progress=progress, log=log, worker_factory=factory),
-                           factory, Path(run_dir), log)
+    return _finish(engine_resume(run_dir, progress=progress, log=log, worker_factory=factory), factory)
 
 
-def _run_and_finish(start, factory, run_dir: Path, log) -> dict:
-    """Run ``start()`` (the engine); then load the final weights into the driver's module (a module passed
-    in ends evolved) and, when the engine could not sample the final model, log a sample here."""
-    import json
-
-    started = time.time()
-    sampled = True
-    try:
-        summary = start()
-    except UsageError:
-        # Until evolm.engine samples through the worker, it rebuilds a built-in model from config.toml to
-        # sample, which a custom module's run cannot do. A run that wrote its summary.json is complete.
-        summary_path = run_dir / "summary.json"
-        if factory._driver is None or not summary_path.is_file() or summary_path.stat().st_mtime < started - 1.0:
-            raise
-        summary = json.loads(summary_path.read_text())
-        sampled = False
-    driver = factory._driver
+def _finish(summary: dict, factory) -> dict:
+    """After the engine (which saved, plotted and sampled the final model through the worker): a module
+    passed in ends holding the final weights of ``model.safetensors``."""
+    driver = getattr(factory, "_driver", None)
     if driver is not None:
         load_weights(driver.model, summary["run_dir"])
-        if not sampled:
-            text = sample_from_worker(driver, seed=driver.config.seed)
-            if text is not None:
-                from evolm.sampling import printable
-
-                log("evolm: sample (200 tokens, temperature 0.8):\n" + printable(text))
     return summary
 
 
@@ -646,7 +671,7 @@ def load_weights(module: nn.Module, run_dir, weights: str | Path | None = None) 
 
 
 __all__ = [
-    "AdaptedModel", "CallableFitness", "ModuleWorkerFactory", "build_worker", "check_picklable", "evolve",
-    "load_corpus", "load_weights", "logits_from", "make_config", "param_space", "resume", "sample_from_worker",
-    "time_major",
+    "AdaptedModel", "CallableFitness", "ModuleWorkerFactory", "TimeMajorIO", "build_worker", "check_picklable",
+    "evolve", "load_corpus", "load_weights", "logits_from", "make_config", "param_space", "resume",
+    "sample_from_worker", "time_major", "time_major_io",
 ]

@@ -1,15 +1,21 @@
 """The Python API: a user's own module (a time-major LSTM) evolved through evolm.evolve with an adapter,
-in-process and on Ray; a user fitness function; the clear error for a fitness Ray cannot ship."""
+in-process and on Ray; a user fitness function; the clear error for a fitness Ray cannot ship; resuming,
+from Python, runs that evolve() or the ``evolm`` command started and that were killed mid-run."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
-from pathlib import Path
 
 import pytest
+import ray
 import torch
+from ray import cloudpickle
 from torch import nn
 
 import evolm.api as api
+from conftest import REPO, TINY as CLI_TINY, read_metrics, without_wall_clock
 from evolm.errors import UsageError
 
 # Small and quick, yet the validation loss falls within a dozen generations.
@@ -63,7 +69,7 @@ def test_time_major_lstm_with_adapter_lowers_validation_loss(tmp_path, corpus):
     summary = api.evolve(model, data=corpus, adapter=api.time_major, out=tmp_path / "run", log=quiet, **TINY)
     assert summary["model"] == "custom"
     assert summary["val_loss_final"] < summary["val_loss_initial"] - 0.05, summary
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(tmp_path / "run")
     assert len(metrics) == TINY["generations"]
     # The module passed in ends holding the evolved weights (those saved in model.safetensors).
     fresh = api.load_weights(TimeMajorLSTM(), tmp_path / "run")
@@ -107,7 +113,6 @@ def test_user_fitness_may_take_the_generation(tmp_path):
 
 
 def test_unpicklable_fitness_is_refused_before_ray_starts(tmp_path, corpus):
-    ray = pytest.importorskip("ray")
     lock = threading.Lock()
     was_running = ray.is_initialized()  # a session-wide runtime may exist already; evolm must not start one
 
@@ -132,19 +137,6 @@ def test_unknown_setting_is_named(tmp_path):
         api.evolve(Weights, fitness=distance_fitness, out=tmp_path / "run", generatoins=3)
 
 
-def config_accepts(name: str) -> bool:
-    """Whether run configs (config.toml, hence resume) accept this model name yet."""
-    from evolm.config import RunConfig, validate
-
-    config = RunConfig()
-    config.model.name = name
-    try:
-        validate(config)
-    except UsageError:
-        return False
-    return True
-
-
 class Interrupted(Exception):
     pass
 
@@ -166,11 +158,10 @@ def interrupt_after_checkpoints(monkeypatch, count: int):
 
 
 def rows(run_dir):
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"}
-            for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    """A run's metrics rows without the wall-clock fields."""
+    return without_wall_clock(read_metrics(run_dir))
 
 
-@pytest.mark.skipif(not config_accepts("custom"), reason="evolm.config.validate does not accept model.name 'custom' yet")
 def test_resume_continues_an_interrupted_run_exactly(tmp_path, corpus, monkeypatch):
     settings = dict(TINY, generations=5, checkpoint_every=1)
     whole = api.evolve(TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "whole", log=quiet, **settings)
@@ -184,55 +175,32 @@ def test_resume_continues_an_interrupted_run_exactly(tmp_path, corpus, monkeypat
     assert resumed["val_loss_final"] == whole["val_loss_final"]
 
 
-def ray_evaluator_builds_through_worker_factory() -> bool:
-    path = Path(api.__file__).parent / "evaluators" / "ray.py"
-    return path.is_file() and "factory" in path.read_text()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not ray_evaluator_builds_through_worker_factory(),
-                    reason="evolm/evaluators/ray.py is absent or its actors do not build workers through worker.factory")
 def test_time_major_lstm_on_ray_matches_in_process(ray_runtime, tmp_path, corpus):
-    pytest.importorskip("ray")
-    from ray import cloudpickle
-
     settings = dict(TINY, generations=4)
     local = api.evolve(TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "local", log=quiet, **settings)
     # Actors import nothing from tests/: ship this module's classes by value, as for a notebook's (__main__).
-    import sys
-
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         remote = api.evolve(TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "ray", log=quiet,
                             workers=2, **settings)
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    rows = [json.loads(line) for line in (tmp_path / "ray" / "metrics.jsonl").read_text().splitlines()]
-    assert all(row["evaluator_actors_alive"] == 2 and row["evaluator_resyncs"] == 0 for row in rows), rows[-1]
+    lines = read_metrics(tmp_path / "ray")
+    assert all(row["evaluator_actors_alive"] == 2 and row["evaluator_resyncs"] == 0 for row in lines), lines[-1]
     assert remote["val_loss_final"] < remote["val_loss_initial"]
     assert remote["val_loss_final"] == pytest.approx(local["val_loss_final"], abs=1e-6)
     assert remote["best_fitness"] == pytest.approx(local["best_fitness"], abs=1e-6)
 
 
-def ray_names_missing_modules() -> bool:
-    path = Path(api.__file__).parent / "evaluators" / "ray.py"
-    return path.is_file() and "No module named" in path.read_text()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not ray_names_missing_modules(), reason="evolm/evaluators/ray.py does not yet name a module actors cannot import")
 def test_fitness_from_a_module_actors_cannot_import_is_a_usage_error(tmp_path, monkeypatch):
-    pytest.importorskip("ray")
     folder = tmp_path / "private"
     folder.mkdir()
     (folder / "private_fitness.py").write_text(
         "def fitness(module):\n    return -float(module.w.detach().pow(2).sum())\n")
     monkeypatch.syspath_prepend(str(folder))  # importable here, on the driver only
     import private_fitness
-
-    import sys
-
-    from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Weights travels; private_fitness is by reference
     try:
@@ -241,3 +209,65 @@ def test_fitness_from_a_module_actors_cannot_import_is_a_usage_error(tmp_path, m
                        generations=2, population_size=4, threads=1)
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+# --- resuming, from Python, a run the evolm command started ------------------------------------------
+
+# `evolm run` in a subprocess that SIGKILLs itself right after its N-th checkpoint: a kill at a known point.
+KILLED_AFTER_CHECKPOINTS = """
+import os, signal, sys
+import evolm.engine as engine
+real, saved = engine.save_checkpoint, []
+def save_then_die(*args, **kwargs):
+    real(*args, **kwargs)
+    saved.append(1)
+    if len(saved) == int(os.environ["EVOLM_TEST_KILL_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+engine.save_checkpoint = save_then_die
+from evolm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli_run_killed_after_checkpoints(count: int, *args):
+    """Run ``evolm run ARGS`` as a subprocess killed by SIGKILL right after its ``count``-th checkpoint."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), EVOLM_TEST_KILL_AFTER=str(count))
+    return subprocess.run([sys.executable, "-c", KILLED_AFTER_CHECKPOINTS, "run", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def without_wall_clock_fields(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("wall_seconds", "run_dir")}
+
+
+@pytest.mark.parametrize("model", ["gpt", "lstm"])
+def test_api_resumes_a_killed_cli_run_of_a_builtin_model(tmp_path, cli, model):
+    args = [*CLI_TINY, "--model", model, "--generations", "4", "--checkpoint-every", "1", "--quiet"]
+    whole = cli("run", *args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    killed = cli_run_killed_after_checkpoints(2, *args, "--out", str(tmp_path / "cut"))
+    assert killed.returncode == -9, killed.stderr
+    assert not (tmp_path / "cut" / "summary.json").exists() and len(read_metrics(tmp_path / "cut")) == 2
+    messages = []
+    resumed = api.resume(tmp_path / "cut", log=messages.append)  # in-process; config.toml names the built-in model
+    assert any("resuming" in message and "at generation 2 of 4" in message for message in messages), messages
+    assert rows(tmp_path / "cut") == rows(tmp_path / "whole")
+    assert resumed["model"] == model
+    expected = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert without_wall_clock_fields(resumed) == without_wall_clock_fields(expected)
+
+
+def test_builtin_model_by_name_and_resume_mismatches(tmp_path, cli):
+    summary = api.evolve("lstm", out=tmp_path / "run", log=quiet, generations=2, population_size=4, context=16,
+                         batch_size=4, val_sequences=4, threads=1, model__width=16)
+    assert summary["model"] == "lstm" and summary["generations"] == 2
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    with pytest.raises(UsageError, match="built-in model 'gpt' is set up by config fields .* drop adapter="):
+        api.evolve("gpt", adapter=api.time_major, out=tmp_path / "other", log=quiet)
+    with pytest.raises(UsageError, match="must be one of the built-in models \\(gpt, lstm\\) or hf:PATH"):
+        api.evolve("transformer", out=tmp_path / "other", log=quiet)
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(UsageError, match="evolved 'lstm' \\(its config.toml\\), not .*leave model= out"):
+        api.resume(tmp_path / "run", TimeMajorLSTM, log=quiet)
+    with pytest.raises(UsageError, match="evolved 'lstm' \\(its config.toml\\), not 'gpt'"):
+        api.resume(tmp_path / "run", "gpt", log=quiet)

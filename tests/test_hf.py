@@ -1,20 +1,27 @@
 """Hugging Face causal LMs from a local folder (``hf:PATH``): a tiny GPT-2 built from GPT2Config and a
 byte-level BPE tokenizer trained here, saved with save_pretrained, then evolved; cached generation
-matches uncached sampling; tied weights survive checkpoints. Skipped without the optional extra."""
+matches uncached sampling; tied weights survive checkpoints; runs the ``evolm`` command started resume from
+Python. The Hugging Face extra is part of the test install (pip install -e '.[dev,hf]'): nothing here skips."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-transformers = pytest.importorskip("transformers", reason="the Hugging Face extra is not installed (pip install 'evolm[hf]')")
-tokenizers = pytest.importorskip("tokenizers", reason="the Hugging Face extra is not installed (pip install 'evolm[hf]')")
-
-import evolm.api as api  # noqa: E402
-from evolm.config import build_config  # noqa: E402
-from evolm.errors import UsageError  # noqa: E402
-from evolm.models.base import sample_next  # noqa: E402
-from evolm.models.hf import HFCausalLM, default_params, hf_worker, load_hf  # noqa: E402
+import evolm.api as api
+from conftest import REPO, read_metrics, without_wall_clock
+from evolm.config import build_config
+from evolm.errors import UsageError
+from evolm.models.base import sample_next
+from evolm.models.hf import HFCausalLM, default_params, hf_worker, load_hf
+from test_api import Interrupted, cli_run_killed_after_checkpoints, interrupt_after_checkpoints, rows
 
 VOCAB = 320
 SETTINGS = dict(context=32, batch_size=8, val_sequences=16, population_size=16, generations=10, threads=1,
@@ -29,9 +36,6 @@ def corpus_text() -> str:
 
 def make_checkpoint(folder, text_file, layers=2, width=64, heads=4, positions=128, vocab=VOCAB):
     """A GPT-2 from GPT2Config and a byte-level BPE tokenizer trained on ``text_file``, saved together."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
     bpe = ByteLevelBPETokenizer()
     bpe.train([str(text_file)], vocab_size=vocab, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
     bpe.save(str(folder / "bpe.json"))
@@ -115,8 +119,7 @@ def test_evolving_lowers_validation_loss(checkpoint, tmp_path):
     summary = api.evolve(f"hf:{folder}", data=text_file, out=tmp_path / "run", log=quiet, **SETTINGS)
     assert summary["model"] == f"hf:{folder}"
     assert summary["val_loss_final"] < summary["val_loss_initial"] - 0.02, summary
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == SETTINGS["generations"]
+    assert len(read_metrics(tmp_path / "run")) == SETTINGS["generations"]
     # Only the default subset evolved: the last block's attention and MLP.
     saved, _ = load_hf(folder)
     api.load_weights(saved, tmp_path / "run")
@@ -153,11 +156,7 @@ def test_missing_folder_and_too_long_context_are_usage_errors(checkpoint, tmp_pa
 
 
 def test_resume_continues_an_interrupted_run_exactly(checkpoint, tmp_path, monkeypatch):
-    from test_api import Interrupted, config_accepts, interrupt_after_checkpoints, rows
-
     folder, text_file = checkpoint
-    if not config_accepts(f"hf:{folder}"):
-        pytest.skip("evolm.config.validate does not accept model.name 'hf:PATH' yet")
     settings = dict(SETTINGS, generations=4, checkpoint_every=1)
     api.evolve(f"hf:{folder}", data=text_file, out=tmp_path / "whole", log=quiet, **settings)
     with monkeypatch.context() as patch:
@@ -171,19 +170,6 @@ def test_resume_continues_an_interrupted_run_exactly(checkpoint, tmp_path, monke
 # --- the command line: evolm run --model hf:FOLDER ---------------------------------------------------
 
 
-def cli_wired() -> bool:
-    """Whether Worker.from_config builds hf:PATH models (the CLI's route) yet."""
-    import inspect
-
-    from evolm.worker import Worker
-
-    return "hf_worker" in inspect.getsource(Worker.from_config)
-
-
-needs_cli = pytest.mark.skipif(not cli_wired(), reason="evolm run --model hf:PATH is not wired into Worker.from_config yet")
-
-
-@needs_cli
 def test_cli_run_hf_folder_lowers_validation_loss_and_samples(checkpoint, tmp_path, cli):
     folder, text_file = checkpoint
     out = tmp_path / "run"
@@ -202,7 +188,6 @@ def test_cli_run_hf_folder_lowers_validation_loss_and_samples(checkpoint, tmp_pa
     assert cli("sample", str(out), "--prompt", "The ", "--tokens", "20", "--seed", "1").stdout == sample.stdout
 
 
-@needs_cli
 def test_cli_hf_lowrank_genome(checkpoint, tmp_path, cli):
     folder, text_file = checkpoint
     result = cli("run", "--model", f"hf:{folder}", "--data", str(text_file), "--out", str(tmp_path / "run"), "--quiet",
@@ -211,7 +196,6 @@ def test_cli_hf_lowrank_genome(checkpoint, tmp_path, cli):
     assert result.returncode == 0, result.stderr
 
 
-@needs_cli
 def test_cli_hf_missing_folder_is_one_line(tmp_path, cli):
     result = cli("run", "--model", f"hf:{tmp_path / 'nope'}", "--out", str(tmp_path / "run"), "--quiet")
     assert result.returncode == 2
@@ -220,16 +204,7 @@ def test_cli_hf_missing_folder_is_one_line(tmp_path, cli):
 
 
 @pytest.mark.slow
-@needs_cli
 def test_cli_hf_sigkill_then_resume_matches_an_uninterrupted_run(checkpoint, tmp_path, cli):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
-
     folder, text_file = checkpoint
     args = ["run", "--model", f"hf:{folder}", "--data", str(text_file), "--quiet", "--population-size", "8",
             "--generations", "8", "--set", "model.context=32", "--set", "data.batch_size=4",
@@ -250,9 +225,18 @@ def test_cli_hf_sigkill_then_resume_matches_an_uninterrupted_run(checkpoint, tmp
     assert not (out / "summary.json").exists()
     resumed = cli("resume", str(out), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
+    assert without_wall_clock(read_metrics(out)) == without_wall_clock(read_metrics(tmp_path / "whole"))
 
-    def rows(run_dir):
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"}
-                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-    assert rows(out) == rows(tmp_path / "whole")
+def test_api_resumes_a_killed_cli_run_of_an_hf_folder(checkpoint, tmp_path, cli):
+    folder, text_file = checkpoint
+    args = ["--model", f"hf:{folder}", "--data", str(text_file), "--quiet", "--population-size", "8",
+            "--generations", "4", "--set", "model.context=32", "--set", "data.batch_size=4",
+            "--set", "data.val_sequences=8", "--set", "threads=1"]
+    whole = cli("run", *args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    killed = cli_run_killed_after_checkpoints(2, *args, "--out", str(tmp_path / "cut"))
+    assert killed.returncode == -9, killed.stderr
+    resumed = api.resume(tmp_path / "cut", log=quiet)  # config.toml names the checkpoint folder: no model argument
+    assert rows(tmp_path / "cut") == rows(tmp_path / "whole")
+    assert resumed["model"] == f"hf:{folder}"
