@@ -77,6 +77,21 @@ def test_time_major_lstm_with_adapter_lowers_validation_loss(tmp_path, corpus):
         assert torch.equal(a, b), name
 
 
+def test_custom_module_run_samples_its_final_model_once_through_the_worker(tmp_path, corpus):
+    from evolm.sampling import printable
+
+    settings = dict(TINY, generations=2)
+    messages = []
+    api.evolve(TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "run", log=messages.append, **settings)
+    samples = [message for message in messages if message.startswith("evolm: sample")]
+    assert len(samples) == 1, messages
+    # The same text from a fresh worker around the saved weights: the engine sampled the final model.
+    config = api.make_config(data=corpus, settings=settings)
+    worker = api.build_worker(config, api.load_weights(TimeMajorLSTM(), tmp_path / "run"), adapter=api.time_major)
+    expected = api.sample_from_worker(worker, seed=config.seed)
+    assert samples[0] == "evolm: sample (200 tokens, temperature 0.8):\n" + printable(expected)
+
+
 def test_wrong_layout_without_adapter_says_time_major(tmp_path, corpus):
     with pytest.raises(UsageError, match="time-major: pass adapter=evolm.api.time_major"):
         api.evolve(TimeMajorLSTM, data=corpus, out=tmp_path / "run", log=quiet, **TINY)
