@@ -17,7 +17,13 @@ turns whatever it returns into logits ``(batch, time, vocab)`` (:func:`time_majo
 better; it may also take ``generation=``). A run goes through :func:`evolm.engine.run` with a
 picklable worker factory, so strategies, Ray evaluators, refinement, checkpoints, logging and
 :func:`resume` behave as for ``evolm run``. ``model="hf:PATH"`` evolves a local Hugging Face
-checkpoint (:mod:`evolm.models.hf`).
+checkpoint (:mod:`evolm.models.hf`); ``model="gpt"`` or ``"lstm"`` a built-in model, as ``evolm run`` does.
+:func:`resume` continues any interrupted run, whether :func:`evolve` or ``evolm run`` started it.
+
+Before a module that reads text is evolved (or resumed), :mod:`evolm.probe` checks on a tiny batch that
+the rows of a batch do not affect each other and that no position sees a later token: the silent mistake
+of an ``nn.LSTM`` without ``batch_first`` is one UsageError, not a run that learns the wrong thing
+(``probe=False`` skips the check). Adapters live in :mod:`evolm.adapters` and are re-exported here.
 """
 
 from __future__ import annotations
