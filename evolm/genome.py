@@ -8,6 +8,14 @@ the model per individual; undo copies the space's base snapshot back, which is e
   ``sum(scale * noise(seed))``, regenerated tensor by tensor with each tensor's generator seeded
   from (seed, tensor index), so same-shaped tensors never receive identical noise. ``tensor_mask``
   (an int bit mask, -1 = every tensor) lets per-layer crossover pass whole tensors' perturbations.
+  A tensor's noise is defined in chunks of :data:`CHUNK_ELEMENTS` (chunk k from (seed, tensor, k),
+  chunk 0 from (seed, tensor) alone), so a large model is perturbed and updated through one small
+  scratch buffer instead of a model-sized one; small models keep a per-tensor noise cache (an
+  antithetic partner reuses its pair's noise) and get the same values either way.
+
+Noise is drawn on the device where the tensor lives (a generator on that device): copying host
+noise to a GPU costs more than the forward pass. CPU and CUDA generators give different numbers,
+so every copy of a model that must agree runs on one device type.
 - ``lowrank``: the same entries, but each weight matrix's noise is ``A @ B.T / sqrt(r)`` with
   rank-r factors drawn from the seed (EGGROLL, Sarkar et al. 2025, "Evolution Strategies at the
   Hyperscale", arXiv:2511.16652); vectors (biases, norms) get full-rank noise.
@@ -20,8 +28,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -54,6 +62,7 @@ class ParamSpace:
         # In-place perturbation works on the raw data: no autograd bookkeeping in the hot path.
         self.tensors: list[torch.Tensor] = [p.data for p in self.parameters]
         self.numel = sum(t.numel() for t in self.tensors)
+        # The one model-sized copy a genome needs: undo copies it back, exactly.
         self._base = [t.detach().clone() for t in self.tensors]
 
     def restore(self) -> None:
@@ -64,6 +73,9 @@ class ParamSpace:
         """Make the current weights the new base (after an update or a rebase)."""
         for tensor, base in zip(self.tensors, self._base):
             base.copy_(tensor)
+
+    def snapshot_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._base)
 
     def flat(self) -> torch.Tensor:
         return torch.cat([t.detach().reshape(-1).float().cpu() for t in self.tensors])
@@ -82,57 +94,159 @@ def mask_has(mask: int, index: int) -> bool:
     return (mask >> index) & 1 == 1
 
 
+# Noise is defined chunk by chunk: 2**18 float32 values (1 MiB) per chunk keeps the scratch buffers
+# of a large model at about 1% of a 51M-parameter model's weights, and every tensor of the default
+# model (at most 16,384 values) in one chunk, so its noise is what it was before chunks existed.
+CHUNK_ELEMENTS = 1 << 18
+# Cache each tensor's noise (an antithetic partner then reuses it: half the noise generation) while
+# the whole space's noise fits in this many bytes; beyond it, noise is regenerated chunk by chunk.
+NOISE_CACHE_BYTES = 64 << 20
+
+
+def chunk_seed(seed: int, index: int, chunk: int) -> int:
+    """Generator seed of chunk ``chunk`` of tensor ``index``; chunk 0 keeps the (seed, tensor) key."""
+    key = mix_seed(seed, index)
+    return key if chunk == 0 else mix_seed(key, chunk)
+
+
+def flat_view(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The tensor's values as one flat view (no copy), or None when its layout has none."""
+    return tensor.view(-1) if tensor.is_contiguous() else None
+
+
 class NoiseGenome:
-    """Genes are ``(seed, scale[, mask])`` entries whose noise is regenerated, never stored."""
+    """Genes are ``(seed, scale[, mask])`` entries whose noise is regenerated, never stored.
+
+    Memory held: a float32 cache of every tensor's noise when the space's noise fits in
+    ``cache_bytes`` (small models: speed), otherwise two scratch buffers of the longest chunk.
+    """
 
     name = "noise"
 
-    def __init__(self, space: ParamSpace):
+    def __init__(self, space: ParamSpace, cache_bytes: int = NOISE_CACHE_BYTES):
         self.space = space
-        # One reusable CPU buffer per tensor for regenerated noise: no allocation per individual.
-        self._buffers = [torch.empty(t.shape, dtype=torch.float32) for t in space.tensors]
-        # The seed each buffer holds noise for: an antithetic partner (same seed, negated scale,
-        # evaluated next) reuses the noise instead of regenerating it, halving ES's noise cost.
-        self._buffer_seeds: list[int | None] = [None] * len(space.tensors)
-        self._generator = torch.Generator()  # reseeded per (seed, tensor): cheaper than a new one each time
-        # Where each tensor lives, looked up once (a hot path: every tensor of every individual).
-        self._devices = [None if t.device.type == "cpu" else t.device for t in space.tensors]
+        self.cached = 4 * space.numel <= cache_bytes
+        self._chunks = [self._chunk_bounds(t) for t in space.tensors]
+        self._longest = max(stop - start for bounds in self._chunks for start, stop in bounds)
+        # One generator per device, reseeded per (seed, tensor, chunk): cheaper than a new one each time.
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._tensor_generators = [self._generator_on(t.device) for t in space.tensors]
+        # Allocated on first use, so a worker that only scores the base model holds none of it.
+        self._cache: list[torch.Tensor | None] = [None] * len(space.tensors)
+        # The seed each cached tensor holds noise for: an antithetic partner (same seed, negated
+        # scale, evaluated next) reuses the noise instead of regenerating it.
+        self._cache_seeds: list[int | None] = [None] * len(space.tensors)
+        self._scratch: dict[tuple[str, torch.device], torch.Tensor] = {}
 
-    def _generate(self, generator: torch.Generator, index: int) -> torch.Tensor:
+    def _generator_on(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device)
+        return self._generators[device]
+
+    def _chunk_bounds(self, tensor: torch.Tensor) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each chunk in the tensor's flat (row-major) order."""
+        numel = tensor.numel()
+        return [(start, min(start + CHUNK_ELEMENTS, numel)) for start in range(0, max(numel, 1), CHUNK_ELEMENTS)]
+
+    def _fill(self, seed: int, index: int, chunk: int, start: int, stop: int, out: torch.Tensor) -> None:
+        """Write chunk ``chunk`` (flat ``start:stop``) of tensor ``index``'s noise into ``out`` (flat float32)."""
         raise NotImplementedError
 
-    def noise(self, seed: int, index: int) -> torch.Tensor:
-        """Noise of tensor ``index`` for ``seed``, made on the CPU generator (identical on any device).
+    def _buffer(self, kind: str, device: torch.device) -> torch.Tensor:
+        key = (kind, device)
+        if key not in self._scratch:
+            self._scratch[key] = torch.empty(self._longest, dtype=torch.float32, device=device)
+        return self._scratch[key]
 
-        The result is the genome's reusable buffer: read it before asking for the same tensor's
-        noise under another seed, and never write to it.
+    def _cached(self, seed: int, index: int) -> torch.Tensor:
+        """Tensor ``index``'s whole noise for ``seed``, in the cache (regenerated when it holds another seed)."""
+        if self._cache_seeds[index] == seed:
+            return self._cache[index]
+        self._cache_seeds[index] = None  # a failed generation must not leave a stale tag
+        tensor = self.space.tensors[index]
+        if self._cache[index] is None:
+            self._cache[index] = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
+        flat = self._cache[index].view(-1)
+        for chunk, (start, stop) in enumerate(self._chunks[index]):
+            self._fill(seed, index, chunk, start, stop, flat[start:stop])
+        self._cache_seeds[index] = seed
+        return self._cache[index]
+
+    def noise(self, seed: int, index: int) -> torch.Tensor:
+        """Noise of tensor ``index`` for ``seed`` (float32, on the tensor's device).
+
+        With the cache on, the result is the genome's cache: read it before asking for the same
+        tensor's noise under another seed, and never write to it. Without, a new tensor.
         """
-        if self._buffer_seeds[index] == seed:
-            noise = self._buffers[index]
-        else:
-            self._buffer_seeds[index] = None  # a failed generation must not leave a stale tag
-            noise = self._generate(self._generator.manual_seed(mix_seed(seed, index)), index)
-            self._buffer_seeds[index] = seed
-        device = self._devices[index]
-        return noise if device is None else noise.to(device, non_blocking=True)
+        if self.cached:
+            return self._cached(seed, index)
+        tensor = self.space.tensors[index]
+        out = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
+        flat = out.view(-1)
+        for chunk, (start, stop) in enumerate(self._chunks[index]):
+            self._fill(seed, index, chunk, start, stop, flat[start:stop])
+        return out
+
+    def _chunk_noise(self, seed: int, index: int, chunk: int) -> torch.Tensor:
+        """One chunk of noise, in the scratch buffer (valid until the next call)."""
+        start, stop = self._chunks[index][chunk]
+        out = self._buffer("noise", self.space.tensors[index].device)[: stop - start]
+        self._fill(seed, index, chunk, start, stop, out)
+        return out
 
     def apply(self, model: nn.Module, genes) -> None:
         for seed, scale, mask in gene_entries(genes):
             for index, tensor in enumerate(self.space.tensors):
                 if mask == ALL_TENSORS or mask_has(mask, index):
-                    tensor.add_(self.noise(seed, index), alpha=scale)
+                    self._add_noise(tensor, seed, index, scale)
+
+    def _add_noise(self, tensor: torch.Tensor, seed: int, index: int, scale: float) -> None:
+        flat = None if self.cached else flat_view(tensor)
+        if flat is None:
+            tensor.add_(self.noise(seed, index), alpha=scale)
+            return
+        for chunk, (start, stop) in enumerate(self._chunks[index]):
+            flat[start:stop].add_(self._chunk_noise(seed, index, chunk), alpha=scale)
 
     def undo(self, model: nn.Module, genes) -> None:
         self.space.restore()
 
-    def combined_noise(self, seeds: Sequence[int], coefficients: Sequence[float], index: int) -> torch.Tensor:
-        """``sum(coefficient * noise(seed))`` for tensor ``index``, accumulated in float32."""
+    def combined_noise_chunks(self, seeds: Sequence[int], coefficients: Sequence[float], index: int):
+        """``sum(coefficient * noise(seed))`` of tensor ``index``, accumulated in float32, as
+        ``(start, stop, values)`` chunks in flat order. ``values`` is scratch the caller may
+        overwrite, valid until the next chunk is asked for."""
+        terms = [(seed, float(c)) for seed, c in zip(seeds, coefficients) if c != 0.0]
         tensor = self.space.tensors[index]
-        total = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
-        for seed, coefficient in zip(seeds, coefficients):
-            if coefficient != 0.0:
-                total.add_(self.noise(seed, index), alpha=float(coefficient))
+        if self.cached:
+            # Seeds outer: each seed's noise is generated once; per element the sum runs in seed
+            # order either way, so both branches give the same bits.
+            total = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
+            for seed, coefficient in terms:
+                total.add_(self._cached(seed, index), alpha=coefficient)
+            flat = total.view(-1)
+            for start, stop in self._chunks[index]:
+                yield start, stop, flat[start:stop]
+            return
+        accumulator = self._buffer("sum", tensor.device)
+        for chunk, (start, stop) in enumerate(self._chunks[index]):
+            total = accumulator[: stop - start].zero_()
+            for seed, coefficient in terms:
+                total.add_(self._chunk_noise(seed, index, chunk), alpha=coefficient)
+            yield start, stop, total
+
+    def combined_noise(self, seeds: Sequence[int], coefficients: Sequence[float], index: int) -> torch.Tensor:
+        """The whole of :meth:`combined_noise_chunks` as one new tensor (tests, small tensors)."""
+        tensor = self.space.tensors[index]
+        total = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
+        flat = total.view(-1)
+        for start, stop, values in self.combined_noise_chunks(seeds, coefficients, index):
+            flat[start:stop] = values
         return total
+
+    def buffer_bytes(self) -> int:
+        """Bytes this genome holds for noise now (cache and scratch)."""
+        held = [t for t in self._cache if t is not None] + list(self._scratch.values())
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 class SeedGenome(NoiseGenome):
@@ -140,37 +254,49 @@ class SeedGenome(NoiseGenome):
 
     name = "seed"
 
-    def _generate(self, generator, index):
-        buffer = self._buffers[index]
-        return torch.randn(buffer.shape, generator=generator, out=buffer)
+    def _fill(self, seed, index, chunk, start, stop, out):
+        # normal_ is what randn does: the one-chunk case is the per-tensor noise of earlier versions.
+        out.normal_(generator=self._tensor_generators[index].manual_seed(chunk_seed(seed, index, chunk)))
 
 
 class LowRankGenome(NoiseGenome):
-    """Rank-r noise ``A @ B.T / sqrt(r)`` per weight matrix (EGGROLL); vectors get full-rank noise."""
+    """Rank-r noise ``A @ B.T / sqrt(r)`` per weight matrix (EGGROLL); vectors get full-rank noise.
+
+    A matrix's chunks are blocks of whole rows, ``A[rows] @ B.T``, from the factors of (seed, tensor).
+    """
 
     name = "lowrank"
 
-    def __init__(self, space: ParamSpace, rank: int = 1):
-        super().__init__(space)
+    def __init__(self, space: ParamSpace, rank: int = 1, cache_bytes: int = NOISE_CACHE_BYTES):
         self.rank = rank
+        super().__init__(space, cache_bytes)
+
+    def _chunk_bounds(self, tensor):
+        if tensor.dim() != 2:
+            return super()._chunk_bounds(tensor)
+        rows, cols = tensor.shape
+        step = max(1, CHUNK_ELEMENTS // max(cols, 1)) * cols
+        return [(start, min(start + step, rows * cols)) for start in range(0, max(rows * cols, 1), step)]
 
     def factors(self, seed: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, B)`` with shapes (out, r) and (in, r) for a 2-D tensor; EGGROLL's batched pass uses them directly."""
-        rows, cols = self.space.tensors[index].shape
-        generator = torch.Generator().manual_seed(mix_seed(seed, index))
-        a = torch.randn(rows, self.rank, generator=generator)
-        b = torch.randn(cols, self.rank, generator=generator)
+        """``(A, B)`` with shapes (out, r) and (in, r) for a 2-D tensor, on its device; EGGROLL's batched pass uses them directly."""
+        tensor = self.space.tensors[index]
+        rows, cols = tensor.shape
+        generator = self._tensor_generators[index].manual_seed(mix_seed(seed, index))
+        a = torch.randn(rows, self.rank, generator=generator, device=tensor.device)
+        b = torch.randn(cols, self.rank, generator=generator, device=tensor.device)
         return a, b
 
-    def _generate(self, generator, index):
-        buffer = self._buffers[index]
-        if buffer.dim() != 2:
-            return torch.randn(buffer.shape, generator=generator, out=buffer)
-        rows, cols = buffer.shape
-        a = torch.randn(rows, self.rank, generator=generator)
-        b = torch.randn(cols, self.rank, generator=generator)
-        noise = torch.matmul(a, b.T, out=buffer)
-        return noise if self.rank == 1 else noise.mul_(1.0 / math.sqrt(self.rank))  # x * 1.0 is x: skip the pass
+    def _fill(self, seed, index, chunk, start, stop, out):
+        tensor = self.space.tensors[index]
+        if tensor.dim() != 2:
+            out.normal_(generator=self._tensor_generators[index].manual_seed(chunk_seed(seed, index, chunk)))
+            return
+        cols = tensor.shape[1]
+        a, b = self.factors(seed, index)
+        noise = torch.matmul(a[start // cols : stop // cols], b.T, out=out.view(-1, cols))
+        if self.rank != 1:  # x * 1.0 is x: skip the pass
+            noise.mul_(1.0 / math.sqrt(self.rank))
 
 
 class VectorGenome:
@@ -212,7 +338,7 @@ class HyperParameter:
             value = math.exp(math.log(self.low) + unit * (math.log(self.high) - math.log(self.low)))
         else:
             value = self.low + unit * (self.high - self.low)
-        return int(round(value)) if self.integer else value
+        return round(value) if self.integer else value
 
     def encode(self, value) -> float:
         if self.log:

@@ -47,8 +47,9 @@ class PopulationDelta:
             if tensor.dim() == 2:
                 rows, cols = tensor.shape
                 width = max(len(row) for row in active) * genome.rank
-                a = torch.zeros(self.size, rows, width)
-                b = torch.zeros(self.size, cols, width)
+                # Factors are drawn on the tensor's device (LowRankGenome.factors): nothing crosses from the host.
+                a = torch.zeros(self.size, rows, width, device=tensor.device)
+                b = torch.zeros(self.size, cols, width, device=tensor.device)
                 drawn = {}  # antithetic partners share a seed: draw its factors once
                 for i, row in enumerate(active):
                     for k, (seed, scale) in enumerate(row):
@@ -60,10 +61,10 @@ class PopulationDelta:
                         b[i, :, block] = fb
                 self.factors[name] = (a.to(tensor.device, tensor.dtype), b.to(tensor.device, tensor.dtype))
             else:
-                delta = torch.zeros(self.size, tensor.numel())
+                delta = torch.zeros(self.size, tensor.numel(), device=tensor.device)
                 for i, row in enumerate(active):
                     for seed, scale in row:
-                        delta[i].add_(genome.noise(seed, index).reshape(-1).cpu(), alpha=scale)
+                        delta[i].add_(genome.noise(seed, index).reshape(-1), alpha=scale)
                 self.deltas[name] = delta.to(tensor.device, tensor.dtype)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, name: str,

@@ -14,10 +14,15 @@ import torch
 
 from evolm.data import Corpus
 from evolm.errors import UsageError
-from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood, parse_terms
+from evolm.fitness import (
+    build_fitness,
+    finite_or_worst,
+    mean_log_likelihood,
+    parse_terms,
+)
 from evolm.genome import LowRankGenome, ParamSpace, make_genome
-from evolm.population import population_log_likelihood, supports_population
 from evolm.models import GPT, GPTConfig, LSTMConfig, LSTMLanguageModel
+from evolm.population import population_log_likelihood, supports_population
 from evolm.seeding import scoped_torch_seed
 
 
@@ -75,7 +80,7 @@ class Worker:
         self.population_chunk = 0  # > 1: score low-rank genomes this many at a time in one batched pass
 
     @classmethod
-    def from_config(cls, config, corpus: Corpus | None = None) -> "Worker":
+    def from_config(cls, config, corpus: Corpus | None = None) -> Worker:
         """The corpus, model, parameter space, genome and fitness of a run config."""
         from evolm.strategies.es import make_center_optimizer
 
@@ -181,11 +186,16 @@ class Worker:
         with self.applied(genes) as model:
             return self.fitness.report(model, generation)
 
+    def optimizer_state(self) -> dict | None:
+        """The center optimiser's state dict (references, no copy; None before its first step or for sgd)."""
+        return None if self._optimizer is None else self._optimizer.state_dict()
+
     def sync_state(self) -> dict:
-        """Base weights and optimiser state: what a drifted or replacement worker needs to catch up."""
+        """Base weights and optimiser state: what a drifted or replacement worker needs to catch up
+        (a copy of the weights: for shipping to another process; a checkpoint wants :meth:`optimizer_state`)."""
         return {
             "tensors": [t.detach().cpu().clone() for t in self.space.tensors],
-            "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
+            "optimizer": self.optimizer_state(),
         }
 
     def load_sync_state(self, state: dict) -> None:
@@ -196,8 +206,19 @@ class Worker:
             self.center_optimizer().load_state_dict(state["optimizer"])
 
     def checksum(self) -> str:
-        """A cheap fingerprint of the base weights, to check that workers agree."""
+        """A cheap fingerprint of the base weights, to check that workers agree: their raw bytes,
+        hashed tensor by tensor (any dtype, bfloat16 included; a device tensor is copied one at a time)."""
         digest = hashlib.blake2b(digest_size=8)
         for tensor in self.space.tensors:
-            digest.update(tensor.detach().cpu().numpy().tobytes())
+            digest.update(tensor_bytes(tensor))
         return digest.hexdigest()
+
+
+def tensor_bytes(tensor: torch.Tensor):
+    """The tensor's raw bytes in row-major order as a buffer (no copy for a contiguous host tensor).
+
+    Viewed as uint8 rather than through ``.numpy()``, which has no bfloat16."""
+    host = tensor.detach()
+    if host.device.type != "cpu":
+        host = host.cpu()
+    return host.contiguous().reshape(-1).view(torch.uint8).numpy()

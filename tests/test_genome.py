@@ -8,7 +8,15 @@ import torch
 from deap import tools
 
 from evolm.config import build_config
-from evolm.genome import ALL_TENSORS, HyperGenome, LowRankGenome, ParamSpace, SeedGenome, VectorGenome, gene_entries
+from evolm.genome import (
+    ALL_TENSORS,
+    HyperGenome,
+    LowRankGenome,
+    ParamSpace,
+    SeedGenome,
+    VectorGenome,
+    gene_entries,
+)
 from evolm.individuals import clone_individual, make_individual, make_vector_individual
 from evolm.seeding import scoped_python_random
 from evolm.strategies.ga import RebaseUpdate
@@ -184,3 +192,101 @@ def test_individuals_pickle_with_their_fitness():
     clone = pickle.loads(pickle.dumps(individual))
     assert clone == individual and clone.fitness.values == (-2.5,)
     assert ALL_TENSORS == -1
+
+
+def multi_chunk_model():
+    """A 600x600 matrix (360,000 values: two noise chunks) beside one-chunk tensors."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(600, 600), torch.nn.Linear(600, 8), torch.nn.LayerNorm(8))
+
+
+@pytest.mark.parametrize("genome_class, rank", [(SeedGenome, 1), (LowRankGenome, 1), (LowRankGenome, 3)])
+def test_chunked_noise_without_the_cache_equals_the_cached_noise(genome_class, rank):
+    """A large model regenerates noise chunk by chunk into scratch; a small one caches whole tensors.
+    Both must give the same bits (workers of one run may differ in which they use)."""
+    from evolm.genome import CHUNK_ELEMENTS
+
+    def make(cache_bytes):
+        model = multi_chunk_model()
+        space = ParamSpace(model)
+        options = {"rank": rank} if genome_class is LowRankGenome else {}
+        return model, space, genome_class(space, cache_bytes=cache_bytes, **options)
+
+    cached_model, cached_space, cached = make(1 << 30)
+    plain_model, plain_space, plain = make(0)
+    assert cached.cached and not plain.cached
+    assert cached_space.tensors[0].numel() > CHUNK_ELEMENTS  # the matrix really spans chunks
+    for seed in (5, 5, 6):
+        for index in range(len(cached_space.tensors)):
+            assert torch.equal(cached.noise(seed, index), plain.noise(seed, index))
+    genes = [(5, 0.1), (6, -0.2, 0b101)]
+    cached.apply(cached_model, genes)
+    plain.apply(plain_model, genes)
+    assert all(torch.equal(a, b) for a, b in zip(cached_space.tensors, plain_space.tensors))
+    cached.undo(cached_model, genes)
+    plain.undo(plain_model, genes)
+    assert all(torch.equal(a, b) for a, b in zip(cached_space.tensors, plain_space._base))
+    for index in range(len(cached_space.tensors)):
+        assert torch.equal(cached.combined_noise([5, 6, 7], [0.5, 0.0, -0.25], index),
+                           plain.combined_noise([5, 6, 7], [0.5, 0.0, -0.25], index))
+    # Without the cache, the genome holds two chunk-sized buffers, not a copy of the model.
+    assert 0 < plain.buffer_bytes() <= 2 * 4 * CHUNK_ELEMENTS
+    # Chunks have their own keys: the matrix's second chunk is not a repeat of its first.
+    flat = plain.noise(5, 0).reshape(-1)
+    if genome_class is SeedGenome:
+        assert not torch.equal(flat[:1000], flat[CHUNK_ELEMENTS : CHUNK_ELEMENTS + 1000])
+
+
+def test_one_chunk_noise_is_the_per_tensor_key_s_normal_draw():
+    """Tensors of at most CHUNK_ELEMENTS values keep the noise of earlier versions (checkpoints and
+    results stay reproducible): randn from a generator seeded with mix_seed(seed, tensor index)."""
+    from evolm.seeding import mix_seed
+
+    space = ParamSpace(small_model())
+    genome = SeedGenome(space)
+    for index, tensor in enumerate(space.tensors):
+        expected = torch.randn(tensor.shape, generator=torch.Generator().manual_seed(mix_seed(42, index)))
+        assert torch.equal(genome.noise(42, index), expected)
+
+
+def test_checksum_of_bfloat16_weights():
+    """The fingerprint workers compare works for any dtype (``.numpy()`` has no bfloat16)."""
+    import hashlib
+
+    def worker(dtype):
+        model = small_model().to(dtype)
+        space = ParamSpace(model)
+        return Worker(model, space, SeedGenome(space), fitness=None, optimizer_factory=None)
+
+    bf16, again = worker(torch.bfloat16), worker(torch.bfloat16)
+    assert bf16.checksum() == again.checksum()
+    bf16.space.tensors[0][0, 0] += 1.0
+    assert bf16.checksum() != again.checksum()
+    # A bfloat16 genome applies and undoes exactly too.
+    before = [t.clone() for t in again.space.tensors]
+    again.genome.apply(again.model, [(3, 0.1)])
+    assert not torch.equal(again.space.tensors[0], before[0])
+    again.genome.undo(again.model, [(3, 0.1)])
+    assert all(torch.equal(a, b) for a, b in zip(again.space.tensors, before))
+    # float32: the same raw bytes as before (a checksum is comparable across versions).
+    fp32 = worker(torch.float32)
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in fp32.space.tensors:
+        digest.update(tensor.numpy().tobytes())
+    assert fp32.checksum() == digest.hexdigest()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (noise drawn on the GPU)")
+@pytest.mark.parametrize("genome_class", [SeedGenome, LowRankGenome])
+def test_noise_is_drawn_on_the_device_of_the_tensor(genome_class):
+    model = small_model().cuda()
+    space = ParamSpace(model)
+    genome = genome_class(space, cache_bytes=0)
+    fresh = genome_class(ParamSpace(small_model().cuda()))
+    for index, tensor in enumerate(space.tensors):
+        noise = genome.noise(7, index)
+        assert noise.device == tensor.device and torch.equal(noise, fresh.noise(7, index))
+    before = [t.clone() for t in space.tensors]
+    genome.apply(model, [(7, 0.1)])
+    genome.undo(model, [(7, 0.1)])
+    assert all(torch.equal(a, b) for a, b in zip(space.tensors, before))

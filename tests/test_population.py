@@ -29,3 +29,19 @@ def test_batched_lowrank_fitness_matches_one_at_a_time(model_name, params, rank)
         genome.undo(model, genes)
         assert value == pytest.approx(alone, abs=1e-4)
     assert batched[0] != pytest.approx(batched[1], abs=1e-6)  # the perturbations do something
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (factors drawn on the GPU)")
+def test_batched_lowrank_pass_on_a_gpu_draws_factors_there_and_matches_one_at_a_time():
+    config = build_config(overrides=[("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64),
+                                     ("model.context", 16)])
+    model = build_model(config.model, 0).eval().cuda()
+    genome = LowRankGenome(ParamSpace(model), rank=2)
+    a, b = genome.factors(11, 0)
+    assert a.device.type == b.device.type == "cuda"
+    batch = Corpus.load(None, context=16).sample_batch(4, torch.Generator().manual_seed(0)).to("cuda")
+    genes_list = [[(11, 0.05)], [(11, -0.05)]]
+    for genes, value in zip(genes_list, population_log_likelihood(model, batch, genome, genes_list)):
+        genome.apply(model, genes)
+        assert value == pytest.approx(mean_log_likelihood(model, batch), abs=1e-4)
+        genome.undo(model, genes)
