@@ -3,7 +3,7 @@
 A checkpoint is a folder ``RUN_DIR/checkpoint/`` of three files:
 
 * ``tensors.safetensors``: every tensor (model weights, optimiser moments, ...), read with safetensors;
-* ``state.json``: everything else (strategy state, population genes, hall of fame, RNG states), plain JSON;
+* ``state.json``: everything else (strategy state, population genes, hall of fame), plain JSON;
 * ``manifest.json``: the format, the number of ``metrics.jsonl`` lines the checkpoint covers, and the
   size and SHA-256 of the other two files.
 
@@ -11,6 +11,11 @@ Writing never touches the last good checkpoint until the new one is complete: th
 ``checkpoint.tmp-*`` folder and are fsynced, then ``checkpoint`` is renamed to ``checkpoint.old``, the new
 folder to ``checkpoint``, and ``checkpoint.old`` is removed. A crash at any instant leaves ``checkpoint``
 or ``checkpoint.old`` complete, and :func:`load_checkpoint` takes whichever is.
+
+The tensor file is streamed tensor by tensor (:func:`write_safetensors`): saving adds no copy of the
+weights to the process's memory, only the bytes of one tensor at a time for a tensor not on the CPU.
+No process-wide RNG state is saved: evolm never draws from one across generations (see
+:mod:`evolm.seeding`), so a resumed run needs none, and restoring one would overwrite its caller's.
 
 Loading reads only those three names, through safetensors and ``json``: never pickle or ``torch.load``.
 Bytes are verified against the manifest before they are parsed, and every problem is a one-line
@@ -25,6 +30,8 @@ import json
 import os
 import random
 import shutil
+import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,6 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 
 from evolm.errors import UsageError
 
@@ -76,22 +82,81 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _cpu_tensors(tensors: dict) -> dict[str, torch.Tensor]:
-    """Contiguous CPU copies safetensors accepts: tensors sharing storage (tied weights) are cloned apart."""
+# safetensors' dtype names (its format specification); a dtype not listed cannot be saved.
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.complex64: "C64", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
+}
+
+
+def _check_tensors(tensors: dict) -> dict[str, torch.Tensor]:
     if not isinstance(tensors, dict):
         raise TypeError(f"checkpoint payload 'tensors' must be a dict of tensors, got {type(tensors).__name__}")
-    result: dict[str, torch.Tensor] = {}
-    storages: set[int] = set()
     for name, tensor in tensors.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             raise TypeError(f"checkpoint tensor {name!r} must be a torch.Tensor under a string name")
-        tensor = tensor.detach().cpu().contiguous()
-        pointer = tensor.untyped_storage().data_ptr()
-        if tensor.numel() and pointer in storages:
-            tensor = tensor.clone()
-        storages.add(tensor.untyped_storage().data_ptr())
-        result[name] = tensor
-    return result
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise TypeError(f"checkpoint tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot hold")
+    return tensors
+
+
+def _safetensors_header(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> tuple[bytes, list[str]]:
+    """The length-prefixed JSON header and the order the data follows it in.
+
+    Larger elements first, as safetensors' own writer does: with the header padded to 8 bytes every
+    tensor then starts at a multiple of its element size, so readers may map it without copying.
+    """
+    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, order
+
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's little-endian bytes: a view of its own memory for a contiguous CPU tensor, else one copy of it."""
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()  # one tensor at a time: the only copy a save makes
+    tensor = tensor.contiguous().reshape(-1)
+    if tensor.numel() == 0:
+        return memoryview(b"")
+    return memoryview(tensor.view(torch.uint8).numpy())
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> tuple[int, str]:
+    """Write ``tensors`` as a safetensors file, streaming one tensor at a time; returns (bytes, SHA-256 hex).
+
+    safetensors' own ``save``/``save_file`` first build every tensor's bytes in memory (a second copy
+    of the weights, and a third in ``save``'s returned ``bytes``). The format is simple enough to
+    stream: an 8-byte little-endian header length, a JSON header giving each tensor's dtype, shape and
+    byte range, then the raw little-endian bytes. Tensors that share storage (tied weights) are
+    written twice, as safetensors' loaders expect. The file is fsynced before returning.
+    """
+    if sys.byteorder != "little":  # torch runs on little-endian machines only; say so rather than write a wrong file
+        raise RuntimeError("evolm writes safetensors files on little-endian machines only")
+    tensors = _check_tensors(tensors)
+    header, order = _safetensors_header(tensors, metadata)
+    digest = hashlib.sha256(header)
+    size = len(header)
+    with open(path, "wb") as handle:
+        handle.write(header)
+        for name in order:
+            data = _raw_bytes(tensors[name])
+            handle.write(data)
+            digest.update(data)
+            size += data.nbytes
+        handle.flush()
+        os.fsync(handle.fileno())
+    return size, digest.hexdigest()
 
 
 def save_checkpoint(run_dir: str | Path, payload: dict) -> Path:
@@ -110,18 +175,9 @@ def save_checkpoint(run_dir: str | Path, payload: dict) -> Path:
     state = payload.get("state", {})
     if not isinstance(state, dict):
         raise TypeError(f"checkpoint payload 'state' must be a dict, got {type(state).__name__}")
-    # Serialise everything before touching the disk: a payload that cannot be written changes nothing.
+    # Serialise and check everything before touching the disk: a payload that cannot be written changes nothing.
     state_bytes = json.dumps(state).encode("utf-8")
-    tensor_bytes = save_safetensors_bytes(_cpu_tensors(payload.get("tensors", {})), metadata={"format": FORMAT})
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "metrics_lines": metrics_lines,
-        "files": {
-            TENSORS_FILE: {"bytes": len(tensor_bytes), "sha256": _sha256(tensor_bytes)},
-            STATE_FILE: {"bytes": len(state_bytes), "sha256": _sha256(state_bytes)},
-        },
-    }
+    tensors = _check_tensors(payload.get("tensors", {}))
     if not run_dir.is_dir():
         raise UsageError(f"run folder {run_dir} does not exist; cannot write a checkpoint there")
     for stale in run_dir.glob(TEMPORARY_PREFIX + "*"):  # left by a save that was killed
@@ -131,8 +187,17 @@ def save_checkpoint(run_dir: str | Path, payload: dict) -> Path:
     temporary = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=run_dir))
     moved_current = False
     try:
-        _write_file(temporary / TENSORS_FILE, tensor_bytes)
+        tensor_size, tensor_sha256 = write_safetensors(temporary / TENSORS_FILE, tensors, {"format": FORMAT})
         _write_file(temporary / STATE_FILE, state_bytes)
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "metrics_lines": metrics_lines,
+            "files": {
+                TENSORS_FILE: {"bytes": tensor_size, "sha256": tensor_sha256},
+                STATE_FILE: {"bytes": len(state_bytes), "sha256": _sha256(state_bytes)},
+            },
+        }
         _write_file(temporary / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
         _fsync_dir(temporary)
         if current.exists():
@@ -402,7 +467,11 @@ def individual_to_tree(individual) -> dict:
 
 def individual_from_tree(tree: dict):
     """Inverse of :func:`individual_to_tree` (after :func:`unpack_tree`): the same class, genes and fitness."""
-    from evolm.individuals import MAX_OBJECTIVES, make_individual, make_vector_individual
+    from evolm.individuals import (
+        MAX_OBJECTIVES,
+        make_individual,
+        make_vector_individual,
+    )
 
     try:
         objectives, kind, genes, fitness = tree["objectives"], tree["kind"], tree["genes"], tree["fitness"]
@@ -530,25 +599,3 @@ def python_rng_from_json(data: dict, rng: random.Random | None = None) -> random
     except (TypeError, ValueError, OverflowError) as error:
         raise UsageError(f"checkpoint state holds a python RNG state that random refuses: {error}") from None
     return rng
-
-
-def global_rng_states() -> dict:
-    """The process-wide RNGs (python ``random``, numpy's global ``RandomState``, torch's CPU generator) as JSON.
-
-    evolm draws from derived, explicitly seeded generators; these are saved too so that any library
-    drawing from a global RNG (DEAP operators, say) resumes exactly.
-    """
-    return {
-        "python": python_rng_to_json(),
-        "numpy": numpy_rng_to_json(np.random.mtrand._rand),
-        "torch": torch_rng_to_json(torch.get_rng_state()),
-    }
-
-
-def restore_global_rng_states(states: dict) -> None:
-    """Inverse of :func:`global_rng_states`."""
-    if not isinstance(states, dict) or not {"python", "numpy", "torch"} <= set(states):
-        raise UsageError("checkpoint state holds malformed global RNG states")
-    python_rng_from_json(states["python"], random)
-    numpy_rng_from_json(states["numpy"], np.random.mtrand._rand)
-    torch.set_rng_state(torch_rng_state_tensor(states["torch"]))

@@ -5,8 +5,20 @@ per generation), ``checkpoint/`` (the last atomic checkpoint, see :mod:`evolm.ch
 ``summary.json``, ``model.safetensors`` (the final weights) and ``fitness.png``.
 
 :func:`resume` continues an interrupted run from its checkpoint: ``metrics.jsonl`` is cut back to
-the lines the checkpoint covers and the loop goes on, so the file ends equal (apart from
-``wall_seconds``) to an uninterrupted run's.
+the lines the checkpoint covers and the loop goes on, so the file ends equal (apart from the
+wall-clock fields in :data:`WALL_CLOCK_FIELDS`) to an uninterrupted run's.
+
+A run never reads or sets the process-wide ``random`` / ``numpy.random`` / ``torch`` RNG states it
+was called with: every draw comes from a generator derived from the run seed and its purpose (see
+:mod:`evolm.seeding`), so a checkpoint needs no RNG state and resuming leaves the caller's alone.
+
+Checkpoint cadence (``checkpoint_every``): every N generations, never (0), or auto (-1): the first
+generation, then whenever the time since the last checkpoint reaches :data:`AUTO_CHECKPOINT_RATIO`
+times what that checkpoint took (at most about 5% of the run spent writing checkpoints, however
+large the model), and always the last generation. Each line of ``metrics.jsonl`` says what
+checkpointing cost since the line before (``checkpoint_bytes``, ``checkpoint_seconds``; 0 when none
+was written): the checkpoint after a generation covers that generation's line, so it is written
+after the line and reported on the next one.
 """
 
 from __future__ import annotations
@@ -17,25 +29,23 @@ import os
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import tomli_w
-from safetensors.torch import save_file
 
 from evolm.checkpoint import (
     CHECKPOINT,
     CHECKPOINT_OLD,
     TEMPORARY_PREFIX,
-    global_rng_states,
     has_checkpoint,
     load_checkpoint,
     pack_tree,
-    restore_global_rng_states,
     save_checkpoint,
     truncate_metrics,
     unpack_tree,
+    write_safetensors,
 )
 from evolm.errors import UsageError
 from evolm.evaluators import make_evaluator
@@ -47,7 +57,10 @@ from evolm.worker import Worker
 
 RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "fitness.png")
 RUN_FOLDERS = (CHECKPOINT, CHECKPOINT_OLD)
-WALL_CLOCK_FIELDS = ("wall_seconds",)
+# Fields that differ between runs of the same config and seed: the clock, and what the clock decides
+# (an auto cadence checkpoints by time; a checkpoint's state.json holds wall_seconds).
+WALL_CLOCK_FIELDS = ("wall_seconds", "checkpoint_seconds", "checkpoint_bytes")
+AUTO_CHECKPOINT_RATIO = 20  # auto cadence: compute at least 20x a checkpoint's cost between checkpoints
 
 
 def model_label(name: str) -> str:
@@ -57,7 +70,7 @@ def model_label(name: str) -> str:
 
 def default_run_dir(config) -> Path:
     name = config.name or f"{config.strategy.name}-{model_label(config.model.name)}-seed{config.seed}"
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{name}-{stamp}"
 
 
@@ -191,13 +204,22 @@ def resume(run_dir: str | Path, progress: bool = True, log=print, worker_factory
     return _evolve(config, worker, run_dir, progress, log, checkpoint)
 
 
+def _optimizer_state(worker):
+    """The center optimiser's state dict without copying its tensors (``sync_state`` clones every weight)."""
+    optimizer_state = getattr(worker, "optimizer_state", None)
+    return optimizer_state() if optimizer_state is not None else worker.sync_state()["optimizer"]
+
+
 def _checkpoint_payload(worker, strategy, state: dict, metrics_lines: int) -> dict:
-    """Model weights, optimiser moments and strategy tensors through safetensors; everything else as JSON."""
+    """Model weights, optimiser moments and strategy tensors through safetensors; everything else as JSON.
+
+    The tensors are the live ones, not copies: :func:`save_checkpoint` streams them to the file.
+    """
     tensors = {f"model.{name}": tensor for name, tensor in worker.model.state_dict().items()}
     strategy_tensors, strategy_state = pack_tree(strategy.state_dict(), "strategy")
-    optimizer = worker.sync_state()["optimizer"]
+    optimizer = _optimizer_state(worker)
     optimizer_tensors, optimizer_state = pack_tree(optimizer, "optimizer") if optimizer is not None else ({}, None)
-    state = {**state, "strategy": strategy_state, "optimizer": optimizer_state, "rng": global_rng_states()}
+    state = {**state, "strategy": strategy_state, "optimizer": optimizer_state}
     return {"tensors": {**tensors, **strategy_tensors, **optimizer_tensors}, "state": state, "metrics_lines": metrics_lines}
 
 
@@ -212,8 +234,43 @@ def _restore(worker, strategy, checkpoint: dict, run_dir: Path) -> dict:
     optimizer = None if state.get("optimizer") is None else unpack_tree(state["optimizer"], tensors)
     worker.load_sync_state({"tensors": [model_state[name] for name in worker.space.names], "optimizer": optimizer})
     strategy.load_state_dict(unpack_tree(state["strategy"], tensors))
-    restore_global_rng_states(state["rng"])
+    # A checkpoint from before evolm stopped saving global RNG states has an "rng" entry: it is ignored,
+    # since nothing in a run draws from the global RNGs across generations.
     return state
+
+
+class CheckpointCadence:
+    """Whether to checkpoint after a generation: every ``every`` generations, never (0), or auto (-1)."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.last_cost: float | None = None  # seconds the last checkpoint took (None: none yet in this process)
+        self.last_end = time.perf_counter()
+
+    def due(self, generation: int, last: bool) -> bool:
+        if not self.every:
+            return False
+        if last:
+            return True
+        if self.every > 0:
+            return (generation + 1) % self.every == 0
+        if self.last_cost is None:
+            return True  # the first one measures what a checkpoint costs on this model and disk
+        return time.perf_counter() - self.last_end >= AUTO_CHECKPOINT_RATIO * self.last_cost
+
+    def done(self, seconds: float) -> None:
+        self.last_cost, self.last_end = seconds, time.perf_counter()
+
+
+def _checkpoint_bytes(run_dir: Path) -> int:
+    return sum(f.stat().st_size for f in (run_dir / CHECKPOINT).iterdir())
+
+
+def save_model_file(model, path: Path) -> None:
+    """The final weights as safetensors, streamed tensor by tensor, replacing ``path`` atomically."""
+    temporary = path.with_name(path.name + ".tmp")
+    write_safetensors(temporary, model.state_dict())
+    os.replace(temporary, path)
 
 
 def _last_metrics(path: Path) -> dict:
@@ -251,7 +308,9 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         f"({len(worker.corpus.train):,} train / {len(worker.corpus.val):,} validation tokens), "
         f"strategy {strategy.name}, population {config.strategy.population_size}, output {out_dir}"
     )
-    every = config.checkpoint_every
+    cadence = CheckpointCadence(config.checkpoint_every)
+    checkpoint_cost = {"checkpoint_bytes": 0, "checkpoint_seconds": 0.0}  # since the previous line
+    last_checkpoint = checkpoint_cost  # the run's final checkpoint, for summary.json
     bar = Progress(config.generations, progress, initial=first)
     try:
         with metrics_path.open("a" if checkpoint is not None else "w") as metrics_file:
@@ -272,13 +331,16 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
                     **worker.report(generation, best_genes),
                     # Transport figures (actors alive, bytes sent) are prefixed evaluator_: they vary by backend.
                     **{f"evaluator_{k}": v for k, v in evaluator.stats().items()},
+                    **checkpoint_cost,
                 }
                 metrics_file.write(json.dumps({k: json_number(v) for k, v in metrics.items()}) + "\n")
                 metrics_file.flush()
                 out_of_time = (bool(config.budget_seconds) and time.perf_counter() - started >= config.budget_seconds) or (
                     bool(config.budget_tokens) and metrics["forward_tokens"] >= config.budget_tokens)
                 last = out_of_time or generation + 1 == config.generations
-                if every and ((generation + 1) % every == 0 or last):
+                checkpoint_cost = {"checkpoint_bytes": 0, "checkpoint_seconds": 0.0}
+                if cadence.due(generation, last):
+                    checkpoint_started = time.perf_counter()
                     os.fsync(metrics_file.fileno())  # the lines the checkpoint covers are on disk first
                     counters = {
                         "next_generation": generation + 1,
@@ -289,6 +351,10 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
                         "report_initial": report_initial,
                     }
                     save_checkpoint(out_dir, _checkpoint_payload(worker, strategy, counters, generation + 1))
+                    seconds = time.perf_counter() - checkpoint_started
+                    cadence.done(seconds)
+                    checkpoint_cost = {"checkpoint_bytes": _checkpoint_bytes(out_dir), "checkpoint_seconds": round(seconds, 3)}
+                    last_checkpoint = checkpoint_cost
                 bar.update(metrics)
                 if board is not None:
                     for key, value in metrics.items():
@@ -303,7 +369,7 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
             board.close()
 
     with worker.applied(strategy.best_genes()) as model:
-        save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}, str(out_dir / "model.safetensors"))
+        save_model_file(model, out_dir / "model.safetensors")
     summary = {
         "method": strategy.name,
         "strategy": strategy.name,
@@ -317,6 +383,7 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         "val_loss_initial": val_loss_initial,
         "val_loss_final": metrics.get("val_loss", val_loss_initial),
         "best_fitness": strategy.best_fitness,
+        **{f"last_{k}": v for k, v in last_checkpoint.items()},
         **{f"{k}_initial": v for k, v in report_initial.items()},
         **{f"{k}_final": metrics.get(k) for k in report_initial},
         "run_dir": str(out_dir),

@@ -61,7 +61,24 @@ def scoped_numpy_random(*parts):
 
 @contextlib.contextmanager
 def scoped_torch_seed(seed: int):
-    """PyTorch's default module initialisation draws from the global RNG: seed it only inside this scope."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    """Run code that can only draw from torch's global RNG (default module initialisation, dropout) under
+    ``seed``, then give the caller back every state it had.
+
+    Not ``torch.random.fork_rng(devices=[]) + torch.manual_seed``: ``manual_seed`` reseeds every CUDA
+    device too (or queues the reseed until CUDA starts), and with ``devices=[]`` nothing puts CUDA's
+    state back. Here the CPU generator is seeded directly, and CUDA devices are saved, seeded and
+    restored only when CUDA is already initialised (a tensor that lives there exists, so dropout on it
+    must be seeded too); CUDA is never started by this scope.
+    """
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    torch.default_generator.manual_seed(int(seed))  # exactly what torch.manual_seed does on the CPU
+    if cuda_states is not None:
+        for generator in torch.cuda.default_generators:
+            generator.manual_seed(int(seed))
+    try:
         yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)

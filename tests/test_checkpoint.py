@@ -162,16 +162,104 @@ def test_rng_states_round_trip_reproduce_the_next_draws(tmp_path):
     assert numpy_rng_from_json(loaded["numpy"], into) is into
 
 
-def test_global_rng_states_round_trip(tmp_path):
-    save_checkpoint(tmp_path, {"tensors": {}, "state": {"rng": ckpt.global_rng_states()}, "metrics_lines": 0})
-    expected = (random.random(), np.random.random(3), torch.rand(3))
-    ckpt.restore_global_rng_states(load_checkpoint(tmp_path)["state"]["rng"])
-    got = (random.random(), np.random.random(3), torch.rand(3))
-    assert got[0] == expected[0] and np.array_equal(got[1], expected[1]) and torch.equal(got[2], expected[2])
+def test_legacy_numpy_state_round_trip():
     legacy = np.random.RandomState(5)
     legacy.randn()  # leaves a cached gauss value
     restored = numpy_rng_from_json(json.loads(json.dumps(numpy_rng_to_json(legacy))))
     assert isinstance(restored, np.random.RandomState) and np.array_equal(restored.randn(4), legacy.randn(4))
+
+
+def test_checkpoint_holds_no_global_rng_state():
+    """Resuming must not set the caller's random / numpy / torch state, so there is nothing to save or restore."""
+    assert not hasattr(ckpt, "global_rng_states") and not hasattr(ckpt, "restore_global_rng_states")
+
+
+# ------------------------------------------------------------------ streamed safetensors
+
+
+def every_kind_of_tensor() -> dict:
+    base = torch.arange(12.0).reshape(3, 4)
+    return {
+        "f32": base, "tied": base, "strided": base.t(), "f64": torch.linspace(-1, 1, 5, dtype=torch.float64),
+        "bf16": torch.linspace(-2, 2, 7).to(torch.bfloat16), "f16": torch.linspace(0, 1, 3).to(torch.float16),
+        "bool": torch.tensor([True, False, True]), "i8": torch.arange(-3, 4, dtype=torch.int8),
+        "i64": torch.tensor(2**40 + 3), "u8": torch.arange(5, dtype=torch.uint8), "empty": torch.zeros(0, 4),
+    }
+
+
+def test_streamed_safetensors_read_back_with_safetensors_itself(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load, load_file
+
+    tensors = every_kind_of_tensor()
+    path = tmp_path / "t.safetensors"
+    size, sha256 = ckpt.write_safetensors(path, tensors, {"format": "x"})
+    data = path.read_bytes()
+    assert size == len(data) and sha256 == hashlib.sha256(data).hexdigest()
+    header_length = int.from_bytes(data[:8], "little")
+    assert header_length % 8 == 0  # safetensors' alignment: every tensor starts at a multiple of its element size
+    header = json.loads(data[8 : 8 + header_length])
+    for name, entry in header.items():
+        if name != "__metadata__":
+            assert entry["data_offsets"][0] % tensors[name].element_size() == 0, name
+    for loaded in (load_file(path), load(data)):
+        assert set(loaded) == set(tensors)
+        for name, tensor in tensors.items():
+            assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
+    with safe_open(path, "pt") as handle:
+        assert handle.metadata() == {"format": "x"}
+        assert torch.equal(handle.get_tensor("bf16"), tensors["bf16"])
+
+
+def test_checkpoint_round_trips_every_dtype(tmp_path):
+    tensors = every_kind_of_tensor()
+    save_checkpoint(tmp_path, {"tensors": tensors, "state": {}, "metrics_lines": 0})
+    loaded = load_checkpoint(tmp_path)["tensors"]
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
+
+
+def test_unsavable_dtype_changes_nothing(tmp_path):
+    save_checkpoint(tmp_path, payload(0))
+    with pytest.raises(TypeError, match="safetensors cannot hold"):
+        save_checkpoint(tmp_path, {"tensors": {"c": torch.zeros(2, dtype=torch.complex128)},
+                                   "state": {}, "metrics_lines": 1})
+    assert_payload(load_checkpoint(tmp_path), 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+MEMORY_PROBE = textwrap.dedent(
+    """
+    import sys, torch
+    from pathlib import Path
+    from evolm.checkpoint import save_checkpoint
+
+    def peak_rss():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+
+    weights = {f"w{i}": torch.full((1024, 1024), float(i)) for i in range(64)}  # 256 MiB
+    moments = {f"m{i}": torch.zeros(1024, 1024) for i in range(64)}  # 256 MiB more, like Adam's
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # restart the peak from here
+    before = peak_rss()
+    save_checkpoint(Path(sys.argv[1]), {"tensors": {**weights, **moments}, "state": {}, "metrics_lines": 0})
+    print(peak_rss() - before)
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc to reset the peak RSS")
+def test_saving_a_checkpoint_adds_no_copy_of_the_tensors(tmp_path):
+    """512 MiB of tensors: safetensors' own save would add at least that much again (the bytes it builds)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    added = int(result.stdout.split()[-1])
+    assert added < 64 * 2**20, f"saving added {added / 2**20:.0f} MiB to the peak RSS"
+    assert (tmp_path / "checkpoint" / "tensors.safetensors").stat().st_size > 512 * 2**20
 
 
 def test_pack_tree_round_trip():

@@ -1,5 +1,6 @@
 """Resume after SIGKILL: a real ``evolm run`` killed at a random generation, then ``evolm resume``, ends
-with the same metrics.jsonl as an uninterrupted run (apart from wall_seconds)."""
+with the same metrics.jsonl as an uninterrupted run (apart from the wall-clock fields); and a run
+resumed in-process leaves the caller's own random / numpy / torch RNG states alone."""
 
 import json
 import os
@@ -9,12 +10,17 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import torch
 
-from conftest import REPO, TINY, read_metrics, run_cli, without_wall_clock
+from conftest import REPO, TINY, read_metrics, run_cli
+from evolm.engine import WALL_CLOCK_FIELDS
+
 
 def rows(run_dir):
-    return without_wall_clock(read_metrics(run_dir))
+    """What must repeat exactly: every field but the clock and what the clock decides (checkpoint cost)."""
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK_FIELDS} for row in read_metrics(run_dir)]
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +87,103 @@ def test_end_of_run_sample_and_plot(finished, tmp_path):
     assert plot.returncode == 0 and (tmp_path / "p.png").stat().st_size > 1000
     bad = run_cli("sample", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ in-process: the caller's RNG states
+
+IN_PROCESS = {
+    "es": [],
+    "ga": ["strategy.name=ga", "strategy.sigma=0.05"],  # DEAP's operators draw from the global random
+    "pbt": ["strategy.name=pbt", "strategy.population_size=4", "strategy.pbt_steps=2"],  # dropout: torch's global RNG
+}
+
+
+def in_process_config(strategy):
+    from evolm.config import build_config, parse_assignment
+
+    settings = ["model.width=32", "model.layers=1", "model.heads=2", "model.ff=64", "model.context=32",
+                "data.batch_size=8", "data.val_sequences=16", "strategy.population_size=8", "generations=6",
+                "fitness.prompts=2", "fitness.generate_tokens=8", *IN_PROCESS[strategy]]
+    return build_config(None, [parse_assignment(s) for s in settings])
+
+
+def global_states():
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+def same_states(a, b) -> bool:
+    return (a[0] == b[0] and all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a[1], b[1]))
+            and torch.equal(a[2], b[2]))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupting_factory(stop_at):
+    """The standard worker, cut off while the engine logs generation ``stop_at`` (a crash mid-run)."""
+    def factory(config):
+        from evolm.worker import Worker
+
+        worker = Worker.from_config(config)
+        report = worker.report
+
+        def report_until(generation, genes=None):
+            if generation == stop_at:
+                raise Interrupted
+            return report(generation, genes)
+
+        worker.report = report_until
+        return worker
+    return factory
+
+
+@pytest.mark.parametrize("strategy", sorted(IN_PROCESS))
+def test_run_and_resume_in_process_leave_the_callers_rng_states_alone(tmp_path, strategy):
+    from evolm import engine
+
+    config = in_process_config(strategy)
+    random.seed(1234)
+    np.random.seed(99)
+    torch.manual_seed(7)
+    whole = tmp_path / "whole"
+    before = global_states()
+    engine.run(config, whole, progress=False, log=lambda *_: None)
+    assert same_states(global_states(), before), "a run changed the caller's RNG states"
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        engine.run(config, cut, progress=False, log=lambda *_: None, worker_factory=interrupting_factory(3))
+    assert len(read_metrics(cut)) == 3 and not (cut / "summary.json").exists()
+    # The caller's program goes on drawing between the crash and the resume: resuming must not rewind it.
+    random.random(), np.random.random(), torch.rand(1)
+    before = global_states()
+    engine.resume(cut, progress=False, log=lambda *_: None)
+    assert same_states(global_states(), before), "resuming changed the caller's RNG states"
+    assert rows(cut) == rows(whole)
+    # ... and the caller's draws do not leak into a run either: a run started from other states is the same run.
+    random.seed(5)
+    np.random.seed(6)
+    torch.manual_seed(8)
+    other = tmp_path / "other"
+    engine.run(config, other, progress=False, log=lambda *_: None)
+    assert rows(other) == rows(whole)
+
+
+def test_checkpoint_of_an_older_evolm_with_rng_states_still_resumes(tmp_path):
+    """Checkpoints written before this change hold global RNG states under "rng": they are ignored."""
+    from evolm import engine
+    from evolm.checkpoint import load_checkpoint, save_checkpoint
+
+    config = in_process_config("es")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    engine.run(config, whole, progress=False, log=lambda *_: None)
+    with pytest.raises(Interrupted):
+        engine.run(config, cut, progress=False, log=lambda *_: None, worker_factory=interrupting_factory(2))
+    old = load_checkpoint(cut)
+    legacy_rng = {"python": {"type": "python", "version": 3, "internal": [0] * 625, "gauss_next": None}}
+    save_checkpoint(cut, {**old, "state": {**old["state"], "rng": legacy_rng}})
+    before = global_states()
+    engine.resume(cut, progress=False, log=lambda *_: None)
+    assert same_states(global_states(), before)
+    assert rows(cut) == rows(whole)
