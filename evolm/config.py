@@ -38,14 +38,15 @@ class ModelConfig:
 @dataclass
 class StrategyConfig:
     name: str = "es"
-    population_size: int = 48  # must be even for es (antithetic pairs)
-    sigma: float = 0.02  # noise scale (Salimans et al. 2017 use 0.02)
+    # population_size and sigma: None (unset) means the chosen strategy's default (STRATEGY_DEFAULTS), set by validate()
+    population_size: int | None = None  # must be even for es (antithetic pairs)
+    sigma: float | None = None  # noise scale (Salimans et al. 2017 use 0.02); ga/nsga2: initial mutation scale; cmaes: initial step size
     learning_rate: float = 0.01  # step size on the ES gradient estimate (Salimans et al. use 0.01 with Adam)
     optimizer: str = "adam"  # es center step: adam (Salimans et al. 2017) | sgd (plain step, Qiu et al. 2025; no optimiser state)
     weight_decay: float = 0.0  # L2 coefficient applied with the Adam step
     # ga / nsga2 (sigma is the initial mutation scale; it adapts by the 1/5th success rule)
     elites: int = 2  # best individuals copied unchanged into the next generation (ga)
-    tournament_size: int = 3
+    tournament_size: int = 3  # ga; nsga2 draws parents by binary crowded tournament
     cxpb: float = 0.2  # probability that a pair of offspring is crossed
     mutpb: float = 1.0  # probability that an offspring is mutated (Such et al. mutate every child)
     crossover: str = "layers"  # seed/lowrank: layers | pairs; vector: blend | sbx
@@ -64,8 +65,8 @@ class StrategyConfig:
 
 @dataclass
 class GenomeConfig:
-    name: str = "seed"  # seed | lowrank | vector
-    params: str = ".*"  # regex over parameter names: which tensors evolve
+    name: str | None = None  # seed | lowrank | vector; None: the strategy's default (STRATEGY_DEFAULTS)
+    params: str | None = None  # regex over parameter names: which tensors evolve; None: the strategy's default
     rank: int = 1  # lowrank: rank r of each matrix perturbation (EGGROLL uses r = 1 at scale)
     # lowrank: individuals per EGGROLL batched pass; 1 = one at a time in place; 0 = by device: 1 on CPU
     # (fastest on 2 CPU cores, benchmarks/throughput.py), 16 on CUDA (EGGROLL's regime, not measured here)
@@ -104,6 +105,44 @@ class RefineConfig:
     optimizer: str = "adam"  # adam | sgd
     learning_rate: float = 3e-3
     batch_size: int = 32
+
+
+# What choosing a strategy chooses, for every field the user leaves unset (None above). Anything set
+# explicitly (a flag, --set, a --config file, a Python API setting) wins, and a run's config.toml holds
+# the resolved values, so it reloads to the same config.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "strategy.population_size": 48,
+    "strategy.sigma": 0.02,
+    "genome.name": "seed",
+    "genome.params": ".*",
+}
+STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "es": {},
+    "ga": {},
+    "nsga2": {},
+    # CMA-ES keeps a size x size covariance and decomposes it every generation, so it searches an explicit
+    # vector over a small subset: the LayerNorm gains and biases and the output bias (896 genes on the default
+    # model, 256 on the LSTM). 24 is Hansen's lambda = 4 + 3 ln(896); sigma 0.3 measured best of 0.02 / 0.1 / 0.3.
+    "cmaes": {"genome.name": "vector", "genome.params": "norm|head.bias", "strategy.population_size": 24,
+              "strategy.sigma": 0.3},
+    # Each PBT member holds its own copy of the evolving weights and Adam's two moments: members x 3 x the
+    # weight bytes. Jaderberg et al. 2017 and Ray Tune's examples use 4-20 members.
+    "pbt": {"strategy.population_size": 8},
+}
+
+
+def strategy_defaults(name: str) -> dict[str, Any]:
+    """The value every unset field takes when strategy ``name`` is chosen."""
+    return {**COMMON_DEFAULTS, **STRATEGY_DEFAULTS.get(name, {})}
+
+
+def resolve_strategy_defaults(config: "RunConfig") -> None:
+    """Fill every unset (None) field with the chosen strategy's default; set fields are left alone."""
+    for key, value in strategy_defaults(config.strategy.name).items():
+        section, name = key.split(".")
+        target = getattr(config, section)
+        if getattr(target, name) is None:
+            setattr(target, name, value)
 
 
 @dataclass
@@ -248,9 +287,13 @@ def _positive(value, key):
 
 
 def validate(config: RunConfig) -> None:
+    """Check every field; first fill the fields left unset with the chosen strategy's defaults."""
     from evolm.models import MODEL_NAMES
     from evolm.strategies import STRATEGIES
 
+    if config.strategy.name not in STRATEGIES:
+        raise UsageError(f"config field strategy.name: unknown strategy {config.strategy.name!r} (choose from {', '.join(STRATEGIES)})")
+    resolve_strategy_defaults(config)
     for key in ("generations", "data.batch_size", "data.val_sequences", "strategy.population_size",
                 "model.context", "model.width", "model.layers", "model.heads", "model.ff", "strategy.sigma"):
         obj = config
@@ -267,8 +310,6 @@ def validate(config: RunConfig) -> None:
                          f"(choose from {', '.join(MODEL_NAMES)}, or hf:PATH for a local Hugging Face checkpoint)")
     if config.model.name == "gpt" and config.model.width % config.model.heads:
         raise UsageError(f"config field model.width ({config.model.width}) must be divisible by model.heads ({config.model.heads})")
-    if config.strategy.name not in STRATEGIES:
-        raise UsageError(f"config field strategy.name: unknown strategy {config.strategy.name!r} (choose from {', '.join(STRATEGIES)})")
     if config.tensorboard:
         import importlib.util
 

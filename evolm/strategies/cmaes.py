@@ -1,8 +1,14 @@
 """CMA-ES (Hansen & Ostermeier 2001) through DEAP's ``cma.Strategy``, for small explicit genomes.
 
-The covariance matrix is size² floats, so this strategy is for the ``vector`` encoding over at
-most a few thousand genes (biases and norms, say). DEAP draws from the global ``numpy.random``;
-every call runs under a scoped, seeded state so runs repeat exactly.
+The covariance matrix is size² floats and is eigendecomposed every generation, so this strategy is
+for the ``vector`` encoding over at most a few thousand genes; choosing it chooses, unless set, the
+LayerNorm gains and biases and the output bias (``evolm.config.STRATEGY_DEFAULTS``). DEAP draws from
+the global ``numpy.random``; every call runs under a scoped, seeded state so runs repeat exactly.
+
+CMA's update uses only the ranks of the λ offspring (its μ = λ/2 best get the recombination
+weights), so a diverged individual (a non-finite fitness) is ranked last rather than dropped: the
+update always sees λ individuals. When every individual diverges there is no ranking to learn
+from; the distribution stays where it is and the step size is halved.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from evolm.seeding import scoped_numpy_random
 from evolm.strategies.base import Strategy
 
 MAX_GENES = 5000
+ALL_DIVERGED_SIGMA_FACTOR = 0.5  # smaller steps when a whole generation diverged
 
 
 class CMAES(Strategy):
@@ -29,14 +36,18 @@ class CMAES(Strategy):
     @staticmethod
     def validate(config) -> None:
         if config.genome.name != "vector":
-            raise UsageError(f"config field genome.name: cmaes works with the vector genome, got {config.genome.name!r}")
+            raise UsageError(f"config field genome.name: cmaes works with the vector genome, got {config.genome.name!r} "
+                             f"(leave genome.name unset and cmaes chooses it)")
+        if config.strategy.population_size < 2:
+            raise UsageError(f"config field strategy.population_size must be at least 2 for cmaes, "
+                             f"got {config.strategy.population_size}")
 
     def bind(self, worker) -> None:
         size = worker.genome.size
         if size > MAX_GENES:
             raise UsageError(
                 f"config field genome.params selects {size:,} parameters; cmaes handles at most {MAX_GENES:,} "
-                f"(its covariance is size²): narrow it, e.g. --params 'bias|norm'"
+                f"(its covariance is size²): narrow it, e.g. --params 'norm|head.bias'"
             )
         self.cma = cma.Strategy(centroid=np.zeros(size), sigma=self.config.strategy.sigma,
                                 lambda_=self.config.strategy.population_size)
@@ -46,10 +57,13 @@ class CMAES(Strategy):
             return self.cma.generate(make_vector_individual)
 
     def _tell(self, population, values, generation):
-        finite = [ind for ind in population if np.isfinite(ind.fitness.values[0])]
-        with scoped_numpy_random(self.run_seed, "cmaes-update", generation):
-            self.cma.update(finite or population)
-        return {"sigma": float(self.cma.sigma)}, None
+        finite = np.isfinite(values)
+        if finite.any():
+            with scoped_numpy_random(self.run_seed, "cmaes-update", generation):
+                self.cma.update(ranked_for_update(population, values))
+        else:
+            self.cma.sigma *= ALL_DIVERGED_SIGMA_FACTOR
+        return {"sigma": float(self.cma.sigma), "diverged": int((~finite).sum())}, None
 
     def best_genes(self):
         return np.asarray(self.cma.centroid, dtype=np.float32)
@@ -61,3 +75,19 @@ class CMAES(Strategy):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         vars(self.cma).update(state["cma"])
+
+
+def ranked_for_update(population, values) -> list:
+    """Copies of every individual, best first, whose fitness is minus their rank; non-finite values rank last.
+
+    CMA only reads ranks, so the update is the one the finite individuals' order gives, with the
+    diverged ones as the worst; ties (diverged ones among themselves) keep population order.
+    """
+    key = np.where(np.isfinite(values), values, -np.inf)
+    order = np.argsort(-key, kind="stable")
+    ranked = []
+    for rank, index in enumerate(order):
+        individual = make_vector_individual(population[int(index)])
+        individual.fitness.values = (-float(rank),)
+        ranked.append(individual)
+    return ranked

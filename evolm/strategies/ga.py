@@ -7,7 +7,10 @@ scale adapted by Rechenberg's 1/5th success rule. For noise genomes this is the 
 folded into a new base when its lineage grows long.
 
 nsga2: Deb et al. 2002's elitist non-dominated sorting (``tools.selNSGA2``) over parents and
-offspring; the first Pareto front is logged every generation.
+offspring, which also gives every survivor its crowding distance; parents for the offspring come from
+NSGA-II's crowded binary tournament (``tools.selTournamentDCD``: the dominating individual wins, else
+the less crowded one), not from ``selTournament``, which would compare objectives lexicographically.
+The first Pareto front is logged every generation.
 
 Only individuals whose fitness is invalid are evaluated (DEAP's rule). The fitness batch changes
 every ``resample_every`` generations; then every fitness is invalidated, so no individual keeps a
@@ -230,18 +233,25 @@ class GeneticAlgorithm(Strategy):
 
 
 class NSGA2(GeneticAlgorithm):
-    """NSGA-II (Deb et al. 2002): offspring by tournament and variation, survivors by ``tools.selNSGA2``."""
+    """NSGA-II (Deb et al. 2002): survivors by ``tools.selNSGA2``, offspring by crowded tournament and variation."""
 
     name = "nsga2"
+
+    @staticmethod
+    def validate(config) -> None:
+        GeneticAlgorithm.validate(config)
+        if config.strategy.population_size < 4:
+            raise UsageError(f"config field strategy.population_size must be at least 4 for nsga2 (its crowded "
+                             f"tournament draws parents in fours), got {config.strategy.population_size}")
 
     def ask(self, generation: int) -> list:
         population = super().ask(generation)
         return population + getattr(self, "offspring", [])
 
     def _select_and_vary(self, population, generation):
-        survivors = tools.selNSGA2(population, self.population_size)
+        survivors = tools.selNSGA2(population, self.population_size)  # also sets each survivor's crowding_dist
         with scoped_python_random(self.run_seed, self.name, "select", generation):
-            parents = tools.selTournament(survivors, self.population_size, self.config.strategy.tournament_size)
+            parents = crowded_tournament(survivors, self.population_size)
         self.offspring = self._vary(parents, generation)
         return survivors
 
@@ -253,3 +263,17 @@ class NSGA2(GeneticAlgorithm):
 
     def _members(self) -> list:
         return [*super()._members(), *self.offspring]
+
+
+def crowded_tournament(individuals: list, k: int) -> list:
+    """``k`` parents by NSGA-II's crowded binary tournament (``tools.selTournamentDCD``).
+
+    DEAP's version picks in fours from two shuffles of the population, so it is asked for the largest
+    multiple of 4 it accepts (at most the population) as many times as ``k`` needs; the first ``k`` are kept.
+    Needs ``crowding_dist`` on every fitness (``tools.selNSGA2`` sets it) and at least 4 individuals.
+    """
+    round_size = len(individuals) - len(individuals) % 4
+    chosen: list = []
+    while len(chosen) < k:
+        chosen += tools.selTournamentDCD(individuals, round_size)
+    return chosen[:k]
