@@ -1,13 +1,21 @@
 """How evaluation on Ray actors scales, and what it sends.
 
-1. Individuals per second with 1 and with 2 actors (one torch thread each) on the reference
+1. Whole generations, the way the engine runs them (``evolm.engine.step_generation``: ask, evaluate,
+   tell, the update broadcast to every actor and applied there and on the driver, checksums
+   compared), per second, for in-process (1 thread, 2 torch threads), 1 actor and 2 actors,
+   interleaved; and the driver's share of a Ray generation: the time it is not blocked waiting for
+   actors, over the generation's time.
+2. Individuals per second of ``evaluate()`` alone with 1 and with 2 actors (one torch thread each) on the reference
    workload (default model, a 16x64 fitness batch, population 48), measured interleaved
    (1 actor, 2 actors, in-process 1 thread, in-process 2 threads, repeated) after a warm-up; the
    in-process rows are the honest reference for what one process does with the same cores.
-2. Payload bytes per individual (serialised task arguments, results, update broadcasts and
+3. Payload bytes per individual (serialised task arguments, results, update broadcasts and
    checksums: everything that crosses a process boundary) for the default model and models about
    10x and 100x larger (built, not trained), for the seed genome (OpenAI-ES) and the low-rank genome
-   (GA). Payloads do not depend on the fitness batch, so these runs use a 1x64 batch to stay quick.
+   (GA), and bytes per gene of a vector genome (GA over biases and norms, one float32 array per
+   chunk). Payloads do not depend on the fitness batch, so these runs use a 1x64 batch to stay quick.
+
+The machine is shared: every figure is a median over interleaved rounds, with min and max.
 
 Prints a table last and writes benchmarks/results/ray_scaling.json.
 
@@ -18,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -35,6 +41,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from common import machine  # noqa: E402
 
 from evolm.config import build_config  # noqa: E402
+from evolm.engine import step_generation  # noqa: E402
 from evolm.evaluators import LocalEvaluator  # noqa: E402
 from evolm.models import count_parameters  # noqa: E402
 from evolm.strategies import make_strategy  # noqa: E402
@@ -99,6 +106,81 @@ def measure_speed(repetitions: int, generations: int) -> dict:
     }
 
 
+def measure_generations(repetitions: int, generations: int) -> dict:
+    """Whole ES generations per second (step_generation, as the engine runs it), interleaved, and the
+    driver's share of a Ray generation (time not blocked on actors / generation time)."""
+    from evolm.evaluators.ray import RayEvaluator
+
+    setups = {}
+    for threads in (1, 2):
+        config = build_config(None, [("threads", str(threads))])
+        worker = Worker.from_config(config)
+        setups[f"in_process_{threads}_thread{'s' if threads > 1 else ''}"] = (config, worker, LocalEvaluator(worker), threads)
+    for actors in (1, 2):
+        config = build_config(None, [("threads", "1"), ("evaluator.workers", str(actors)), ("evaluator.threads_per_worker", "1")])
+        worker = Worker.from_config(config)
+        setups[f"ray_{actors}_actor{'s' if actors > 1 else ''}"] = (config, worker, RayEvaluator(config, worker), 1)
+    strategies = {name: make_strategy(config, worker) for name, (config, worker, _, _) in setups.items()}
+    for _, _, evaluator, _ in setups.values():
+        if hasattr(evaluator, "wait_for_actors"):
+            evaluator.wait_for_actors()
+    rates: dict[str, list[float]] = {name: [] for name in setups}
+    shares: dict[str, list[float]] = {name: [] for name in setups if name.startswith("ray")}
+    counters = dict.fromkeys(setups, 0)  # each setup runs its own sequence of generations
+    for repetition in range(repetitions + 1):  # the first round is the warm-up
+        for name, (config, worker, evaluator, threads) in setups.items():
+            torch.set_num_threads(threads)
+            waited = getattr(evaluator, "wait_seconds", 0.0)
+            started = time.perf_counter()
+            for _ in range(generations):
+                step_generation(strategies[name], evaluator, counters[name])
+                counters[name] += 1
+            seconds = time.perf_counter() - started
+            if repetition:
+                rates[name].append(generations / seconds)
+                if name in shares:
+                    shares[name].append(1.0 - (evaluator.wait_seconds - waited) / seconds)
+    for _, _, evaluator, _ in setups.values():
+        evaluator.close()
+    one, two = rates["ray_1_actor"], rates["ray_2_actors"]
+    return {
+        "generations_per_second": {name: spread(values) for name, values in rates.items()},
+        "driver_share": {name: spread(values) for name, values in shares.items()},
+        "speedup_2_workers_generation": statistics.median(b / a for a, b in zip(one, two)),
+        "ray_2_actors_over_in_process_2_threads_generation": statistics.median(
+            b / a for a, b in zip(rates["in_process_2_threads"], two)),
+    }
+
+
+def measure_vector_bytes() -> dict:
+    """Bytes per gene sent for one generation of a vector genome (ga over biases and norms), 2 actors."""
+    from evolm.evaluators.ray import RayEvaluator
+
+    config = build_config(None, [("data.batch_size", "1"), ("data.val_sequences", "1"), ("threads", "1"),
+                                 ("evaluator.workers", "2"), ("strategy.name", "ga"), ("genome.name", "vector"),
+                                 ("genome.params", "bias|norm")])
+    worker = Worker.from_config(config)
+    evaluator = RayEvaluator(config, worker)
+    try:
+        population = make_strategy(config, worker).ask(0)
+        evaluator.evaluate(population, 0)
+        sent = evaluator.stats()["bytes_sent"]
+    finally:
+        evaluator.close()
+    genes = worker.space.numel
+    return {"genes": genes, "individuals": len(population), "bytes_sent": sent,
+            "bytes_per_gene": sent / (genes * len(population)),
+            "bytes_per_gene_as_numpy_scalars_before": payload_of_scalars(population) / (genes * len(population))}
+
+
+def payload_of_scalars(population) -> int:
+    """What the chunks cost when vector genes travelled as lists of NumPy scalars (before issue 13)."""
+    from evolm.evaluators.ray import payload_bytes
+
+    half = len(population) // 2
+    return sum(payload_bytes(([list(ind) for ind in part], 0)) for part in (population[:half], population[half:]))
+
+
 def measure_bytes(generations: int) -> dict:
     """Bytes per individual at each model size, for seed (es) and low-rank (ga) genomes, 2 actors."""
     from evolm.evaluators.ray import RayEvaluator
@@ -142,19 +224,18 @@ def main() -> int:
 
     import ray
 
-    from evolm.evaluators.ray import _refresh_ray_config
+    from evolm.evaluators.ray_cluster import start_local_runtime
 
-    # A local runtime for the benchmark, token authentication on; the token stays in this process.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    _refresh_ray_config()
-    # 3 logical CPUs: the 1-actor and 2-actor evaluators live side by side (only one runs at a time).
-    ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level=logging.WARNING)
+    # A local runtime as evolm starts its own (loopback, token authentication on). 3 logical CPUs:
+    # the 1-actor and 2-actor evaluators live side by side (only one runs at a time).
+    start_local_runtime(num_cpus=3)
     started = time.perf_counter()
     load_before = os.getloadavg()  # a shared machine: other people's processes compete for the cores
     try:
+        generation = measure_generations(args.repetitions, args.generations)
         speed = measure_speed(args.repetitions, args.generations)
         payload = measure_bytes(args.byte_generations)
+        vector = measure_vector_bytes()
     finally:
         ray.shutdown()
 
@@ -165,9 +246,17 @@ def main() -> int:
                      "population": speed["population_size"], "threads_per_actor": 1,
                      "repetitions": args.repetitions, "generations_per_repetition": args.generations},
         "speedup_2_workers": speed["speedup_2_workers"],
+        "speedup_2_workers_generation": generation["speedup_2_workers_generation"],
+        "ray_2_actors_over_in_process_2_threads_generation": generation["ray_2_actors_over_in_process_2_threads_generation"],
+        "generations_per_second": generation["generations_per_second"],
+        "driver_share_of_generation": generation["driver_share"],
         "ray_2_actors_over_in_process_2_threads": speed["ray_2_actors_over_in_process_2_threads"],
         "individuals_per_second": speed["individuals_per_second"],
         "bytes_per_individual": payload,
+        "vector_genome_payload": vector,
+        "notes": "speedup_2_workers and individuals_per_second time evaluate() alone; the *_generation figures "
+                 "and generations_per_second time whole generations (evolm.engine.step_generation). The machine "
+                 "is shared and noisy: setups run interleaved, figures are medians of paired rounds.",
         "targets": {"speedup_2_workers": 1.6, "bytes_per_individual": 1024},
         "seconds": round(time.perf_counter() - started, 1),
         "load_average_1_5_15_min": {"before": [round(x, 2) for x in load_before],
@@ -183,7 +272,16 @@ def main() -> int:
         print(f"{name:<24}{figures['min']:>18.1f}{figures['median']:>10.1f}{figures['max']:>10.1f}")
     print(f"load average before / after: {result['load_average_1_5_15_min']['before'][0]} / "
           f"{result['load_average_1_5_15_min']['after'][0]} (on {result['machine']['cores']} cores)")
-    print(f"speedup 2 actors / 1 actor (median of paired ratios): {speed['speedup_2_workers']:.2f} (target >= 1.6)")
+    print(f"vector genome: {vector['bytes_per_gene']:.2f} B/gene sent (as NumPy scalars before: "
+          f"{vector['bytes_per_gene_as_numpy_scalars_before']:.2f})")
+    print(f"{'setup':<24}{'generations/s min':>18}{'median':>10}{'max':>10}{'driver share':>14}")
+    for name, figures in generation["generations_per_second"].items():
+        share = generation["driver_share"].get(name)
+        share_text = f"{share['median']:.2f}" if share else "-"
+        print(f"{name:<24}{figures['min']:>18.2f}{figures['median']:>10.2f}{figures['max']:>10.2f}{share_text:>14}")
+    print(f"speedup 2 actors / 1 actor, evaluate() only (median of paired ratios): {speed['speedup_2_workers']:.2f} (target >= 1.6)")
+    print(f"speedup 2 actors / 1 actor, whole generations: {generation['speedup_2_workers_generation']:.2f}; "
+          f"2 actors / in-process 2 threads: {generation['ray_2_actors_over_in_process_2_threads_generation']:.2f}")
     print(f"2 actors / in-process 2 threads: {speed['ray_2_actors_over_in_process_2_threads']:.2f}")
     print(f"{'model':<10}{'parameters':>14}{'seed B/ind':>12}{'lowrank B/ind':>15}")
     for label, row in payload.items():

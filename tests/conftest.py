@@ -50,20 +50,21 @@ def tiny_args():
 
 @pytest.fixture(scope="session")
 def ray_runtime():
-    """One local Ray runtime for the whole session (token authentication on, its token kept out of ~/.ray).
+    """One local Ray runtime for the whole session, started as evolm starts its own (loopback only,
+    token authentication on), with its token kept out of ~/.ray.
 
     evolm shares a runtime the process already holds, so every Ray test runs on this one."""
-    import logging
     import secrets
 
     import ray
-    from evolm.evaluators.ray import _refresh_ray_config
+
+    from evolm.evaluators.ray_cluster import refresh_ray_config, start_local_runtime
 
     saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    _refresh_ray_config()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    refresh_ray_config()
+    start_local_runtime(num_cpus=2)
     try:
         yield
     finally:
@@ -73,4 +74,4 @@ def ray_runtime():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        _refresh_ray_config()
+        refresh_ray_config()

@@ -3,7 +3,9 @@ or on Ray actors (``ray``), behind one interface.
 
 An evaluator offers ``evaluate(population, generation) -> fitness tuples`` (results in population
 order, whatever the timing), ``apply_update(update)``, ``forward_tokens``, ``stats()`` (transport
-figures for logs: actors alive, bytes sent) and ``close()``; ``map`` is DEAP's seam.
+figures for logs: actors alive, bytes sent) and ``close()``. The engine hands a whole generation to
+``evaluate`` (DEAP's rule: only individuals whose fitness is invalid), which is where the work is
+split across workers; there is no per-item ``map``.
 """
 
 import math
@@ -27,7 +29,8 @@ def make_evaluator(config, worker):
 
         return ThreadEvaluator(config, worker)
     if config.evaluator.backend == "ray" and (config.evaluator.workers or config.evaluator.ray_address):
-        from evolm.evaluators.ray import RayEvaluator  # the only module that imports ray
+        # ray, ray_actor and ray_cluster are the only modules that import ray
+        from evolm.evaluators.ray import RayEvaluator
 
         return RayEvaluator(config, worker)
     return LocalEvaluator(worker)

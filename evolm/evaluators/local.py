@@ -6,16 +6,13 @@ from evolm.individuals import genes_of
 
 
 class LocalEvaluator:
-    """Evaluates on the driver's own worker. ``map`` is DEAP's seam (``toolbox.register("map", ...)``)."""
+    """Evaluates on the driver's own worker."""
 
     def __init__(self, worker):
         self.worker = worker
 
     def evaluate(self, population: list, generation: int) -> list[tuple[float, ...]]:
         return self.worker.evaluate([genes_of(ind) for ind in population], generation)
-
-    def map(self, function, iterable):
-        return list(map(function, iterable))
 
     def apply_update(self, update) -> None:
         self.worker.apply_update(update)

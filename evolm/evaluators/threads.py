@@ -59,9 +59,6 @@ class ThreadEvaluator:
             results.extend(future.result())
         return results
 
-    def map(self, function, iterable):
-        return list(self._pool.map(function, iterable))
-
     def apply_update(self, update) -> None:
         self.worker.apply_update(update)
 
