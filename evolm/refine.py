@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from evolm.errors import UsageError
-from evolm.seeding import derive_seed, torch_generator
+from evolm.seeding import derive_seed, scoped_torch_seed, torch_generator
 
 MODES = ("lamarckian", "baldwinian")
 LOSSES = ("likelihood", "self")
@@ -98,7 +98,10 @@ def refine_in_place(worker, generation: int, steps: int) -> float:
         optimizer = torch.optim.SGD(parameters, lr=config.refine.learning_rate)
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "refine", generation))
     loss_value = float("nan")
-    with torch.enable_grad():
+    # A module left in training mode (a user's, through the Python API) draws dropout masks from torch's
+    # global RNG: seed it for these steps only, so every worker takes the same steps and the caller's
+    # state is given back.
+    with torch.enable_grad(), scoped_torch_seed(derive_seed(config.seed, "refine-dropout", generation)):
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
             loss = refinement_loss(worker.model, config, generator, worker.corpus, worker.device)

@@ -254,7 +254,7 @@ MEMORY_PROBE = textwrap.dedent(
 def test_saving_a_checkpoint_adds_no_copy_of_the_tensors(tmp_path):
     """512 MiB of tensors: safetensors' own save would add at least that much again (the bytes it builds)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path)], env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path)], env=env, capture_output=True, text=True, check=False,
                             timeout=300)
     assert result.returncode == 0, result.stderr
     added = int(result.stdout.split()[-1])

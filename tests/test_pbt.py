@@ -44,3 +44,27 @@ def test_pbt_refuses_ray_workers():
 
     with pytest.raises(UsageError, match="in-process"):
         build_config(overrides=[*TINY, ("evaluator.workers", 2)])
+
+
+def test_pbt_dropout_is_seeded_and_leaves_the_callers_rng_states_alone():
+    """Members train with dropout (a hyperparameter) under scoped seeds: two runs agree, the caller's states survive."""
+    import random
+
+    import numpy as np
+
+    config = build_config(overrides=[*TINY, ("strategy.pbt_steps", 3)])
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    runs = []
+    for _ in range(2):
+        worker = Worker.from_config(config)
+        strategy = make_strategy(config, worker)
+        evaluator = LocalEvaluator(worker)
+        assert any(strategy.genome.decode(m["genes"])["dropout"] > 0.01 for m in strategy.members)
+        metrics = [step_generation(strategy, evaluator, generation)[0] for generation in range(2)]
+        runs.append((metrics, [t.clone() for t in worker.space.tensors]))
+    assert random.getstate() == before[0] and np.array_equal(np.random.get_state()[1], before[1])
+    assert torch.equal(torch.get_rng_state(), before[2])
+    assert runs[0][0] == runs[1][0] and all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))

@@ -62,3 +62,24 @@ def test_bad_refine_settings_are_refused():
         build_config(overrides=[("refine.every", 2), ("refine.mode", "darwinian")])
     with pytest.raises(UsageError, match="refine.every"):
         build_config(overrides=[("refine.every", 2), ("strategy.name", "cmaes"), ("genome.name", "vector")])
+
+
+def test_refinement_of_a_module_in_training_mode_is_seeded_and_leaves_the_callers_rng_alone():
+    """Dropout in a module left in training mode draws from torch's global RNG: refinement scopes and seeds it."""
+    from evolm.refine import refine_in_place
+
+    config = build_config(overrides=[*TINY, ("model.dropout", 0.3)])
+    worker = Worker.from_config(config)
+    worker.model.train()
+    start = [t.clone() for t in worker.space.tensors]
+    torch.manual_seed(42)
+    caller = torch.get_rng_state()
+    refined = []
+    for _ in range(2):
+        for tensor, value in zip(worker.space.tensors, start):
+            tensor.copy_(value)
+        refine_in_place(worker, generation=3, steps=3)
+        assert torch.equal(torch.get_rng_state(), caller), "refinement drew from the caller's torch RNG"
+        refined.append([t.clone() for t in worker.space.tensors])
+    assert all(torch.equal(a, b) for a, b in zip(*refined))  # the same steps every time (and on every worker)
+    worker.model.eval()

@@ -187,3 +187,33 @@ def test_checkpoint_of_an_older_evolm_with_rng_states_still_resumes(tmp_path):
     engine.resume(cut, progress=False, log=lambda *_: None)
     assert same_states(global_states(), before)
     assert rows(cut) == rows(whole)
+
+
+def test_scoped_torch_seed_seeds_only_inside_and_never_reseeds_cuda():
+    """evolm.seeding.scoped_torch_seed: torch.manual_seed's numbers inside, the caller's state after, CUDA untouched.
+
+    ``fork_rng(devices=[])`` + ``torch.manual_seed`` reseeded CUDA for good (or queued the reseed for
+    when CUDA starts, on a machine where it has not yet)."""
+    from evolm.seeding import scoped_torch_seed
+
+    torch.manual_seed(11)
+    torch.rand(2)
+    cpu_before = torch.get_rng_state()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.zeros(1, device="cuda")  # CUDA initialised, as it is once a model lives there
+        cuda_before = torch.cuda.get_rng_state_all()
+    tracker = torch.cuda._lazy_seed_tracker  # where torch queues a CUDA reseed until CUDA starts
+    queued_before = tracker.manual_seed_all_cb
+    with scoped_torch_seed(123):
+        inside = torch.rand(4)
+        if cuda:
+            inside_cuda = torch.rand(4, device="cuda")
+    assert tracker.manual_seed_all_cb is queued_before, "a CUDA reseed was queued for the caller's CUDA"
+    assert torch.equal(torch.get_rng_state(), cpu_before)
+    if cuda:  # needs a GPU: on CPU-only machines the queue check above is the CUDA part of this test
+        assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda_before))
+        with scoped_torch_seed(123):
+            assert torch.equal(torch.rand(4, device="cuda"), inside_cuda)  # seeded on the device too
+    torch.manual_seed(123)
+    assert torch.equal(inside, torch.rand(4))  # the numbers of torch.manual_seed: model initialisation is unchanged

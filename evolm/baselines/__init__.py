@@ -36,10 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import tomli_w
-from safetensors.torch import save_file
 
 from evolm.data import Corpus
-from evolm.engine import json_number, toml_ready, prepare_run_dir, write_json
+from evolm.engine import json_number, prepare_run_dir, save_model_file, toml_ready, write_json
 from evolm.errors import UsageError
 from evolm.fitness import distinct_n
 from evolm.models import count_parameters
@@ -279,8 +278,7 @@ class BaselineRun:
         """Log the last step if needed, save the weights, write ``summary.json`` and return it."""
         self.maybe_log(extra, force=True)
         self._metrics_file.close()
-        state = {name: t.detach().cpu().contiguous() for name, t in self.model.state_dict().items()}
-        save_file(state, str(self.out_dir / "model.safetensors"))
+        save_model_file(self.model, self.out_dir / "model.safetensors")  # streamed: no second copy of the weights
         last = self.last_metrics
         summary = {
             "method": self.method,

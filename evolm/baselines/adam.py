@@ -23,7 +23,7 @@ def run_adam(config, out_dir, budget_seconds=None, budget_tokens=None, log=print
     """Train with Adam until the first of ``budget_seconds``, ``budget_tokens`` or ``steps`` runs out.
 
     ``batch_size`` 32 (windows of ``model.context`` tokens) and ``learning_rate`` 3e-3 are the reference
-    workload's (BENCHMARKS.md). Returns the summary also written to ``summary.json``.
+    workload's (benchmarks/README.md). Returns the summary also written to ``summary.json``.
     """
     check_positive("learning_rate", learning_rate)
     check_positive("batch_size", batch_size)
