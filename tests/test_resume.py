@@ -95,6 +95,7 @@ IN_PROCESS = {
     "es": [],
     "ga": ["strategy.name=ga", "strategy.sigma=0.05"],  # DEAP's operators draw from the global random
     "pbt": ["strategy.name=pbt", "strategy.population_size=4", "strategy.pbt_steps=2"],  # dropout: torch's global RNG
+    "es-auto-cadence": ["checkpoint_every=-1"],  # whichever generations auto checkpointed, resume is exact
 }
 
 
@@ -103,7 +104,7 @@ def in_process_config(strategy):
 
     settings = ["model.width=32", "model.layers=1", "model.heads=2", "model.ff=64", "model.context=32",
                 "data.batch_size=8", "data.val_sequences=16", "strategy.population_size=8", "generations=6",
-                "fitness.prompts=2", "fitness.generate_tokens=8", *IN_PROCESS[strategy]]
+                "fitness.prompts=2", "fitness.generate_tokens=8", "threads=1", *IN_PROCESS[strategy]]
     return build_config(None, [parse_assignment(s) for s in settings])
 
 
@@ -217,3 +218,46 @@ def test_scoped_torch_seed_seeds_only_inside_and_never_reseeds_cuda():
             assert torch.equal(torch.rand(4, device="cuda"), inside_cuda)  # seeded on the device too
     torch.manual_seed(123)
     assert torch.equal(inside, torch.rand(4))  # the numbers of torch.manual_seed: model initialisation is unchanged
+
+
+# ------------------------------------------------------------------ checkpoint cadence and its cost in metrics.jsonl
+
+
+def test_each_line_reports_the_checkpoint_written_since_the_line_before(tmp_path):
+    from evolm import engine
+    from evolm.checkpoint import load_checkpoint
+    from evolm.config import set_dotted
+
+    config = in_process_config("es")
+    set_dotted(config, "generations", 4)
+    summary = engine.run(config, tmp_path / "every", progress=False, log=lambda *_: None)
+    lines = read_metrics(tmp_path / "every")
+    assert lines[0]["checkpoint_bytes"] == 0 and lines[0]["checkpoint_seconds"] == 0  # nothing written before it
+    folder = tmp_path / "every" / "checkpoint"
+    on_disk = sum(f.stat().st_size for f in folder.iterdir())
+    # Every later line carries the checkpoint written after the previous one: weights, Adam's two moments, state.
+    weights = sum(t.numel() * t.element_size() for t in load_checkpoint(tmp_path / "every")["tensors"].values())
+    for line in lines[1:]:
+        assert weights < line["checkpoint_bytes"] < weights + 65536 and line["checkpoint_seconds"] > 0
+    assert summary["last_checkpoint_bytes"] == on_disk and summary["last_checkpoint_seconds"] > 0
+
+    set_dotted(config, "checkpoint_every", 0)
+    summary = engine.run(config, tmp_path / "none", progress=False, log=lambda *_: None)
+    assert all(line["checkpoint_bytes"] == 0 and line["checkpoint_seconds"] == 0 for line in read_metrics(tmp_path / "none"))
+    assert summary["last_checkpoint_bytes"] == 0 and not (tmp_path / "none" / "checkpoint").exists()
+
+
+def test_auto_cadence_spends_at_most_a_twentieth_of_the_time_on_checkpoints():
+    from evolm.engine import AUTO_CHECKPOINT_RATIO, CheckpointCadence
+
+    assert AUTO_CHECKPOINT_RATIO >= 19  # cost / (interval + cost) <= 5%
+    auto = CheckpointCadence(-1)
+    assert auto.due(0, last=False)  # the first measures what a checkpoint costs
+    auto.done(3600.0)  # an hour-long checkpoint: the next one is 20 hours away ...
+    assert not auto.due(1, last=False) and not auto.due(2, last=False)
+    assert auto.due(3, last=True)  # ... but the last generation is always saved
+    auto.done(0.0)  # a free checkpoint: every generation
+    assert auto.due(4, last=False)
+    every = CheckpointCadence(3)
+    assert [g for g in range(8) if every.due(g, last=g == 7)] == [2, 5, 7]
+    assert not any(CheckpointCadence(0).due(g, last=True) for g in range(3))
