@@ -282,7 +282,7 @@ def main() -> int:
     print(f"speedup 2 actors / 1 actor, evaluate() only (median of paired ratios): {speed['speedup_2_workers']:.2f} (target >= 1.6)")
     print(f"speedup 2 actors / 1 actor, whole generations: {generation['speedup_2_workers_generation']:.2f}; "
           f"2 actors / in-process 2 threads: {generation['ray_2_actors_over_in_process_2_threads_generation']:.2f}")
-    print(f"2 actors / in-process 2 threads: {speed['ray_2_actors_over_in_process_2_threads']:.2f}")
+    print(f"2 actors / in-process 2 threads, evaluate() only: {speed['ray_2_actors_over_in_process_2_threads']:.2f}")
     print(f"{'model':<10}{'parameters':>14}{'seed B/ind':>12}{'lowrank B/ind':>15}")
     for label, row in payload.items():
         print(f"{label:<10}{row['parameters']:>14,}{row['seed']:>12.1f}{row['lowrank']:>15.1f}")

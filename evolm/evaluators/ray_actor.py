@@ -56,6 +56,8 @@ class EvaluationActor:
 
     def evaluate(self, genes_list, generation: int):
         """Fitness tuples of the chunk and the forward tokens they took."""
+        if isinstance(genes_list, np.ndarray) and not genes_list.flags.writeable:
+            genes_list = genes_list.copy()  # Ray hands arrays over read-only (zero copy); torch wants them writable
         before = self.worker.forward_tokens
         fitnesses = self.worker.evaluate(genes_list, generation)
         return fitnesses, self.worker.forward_tokens - before
