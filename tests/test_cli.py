@@ -99,3 +99,42 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, cli, name, make_args, mess
     assert len(lines) == 1, result.stderr
     assert message in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # a refused run leaves no half-made run folder
+
+
+# --- choosing a strategy chooses its working defaults (evolm.config.STRATEGY_DEFAULTS) -----------------------------
+
+
+@pytest.mark.parametrize("strategy", ["ga", "nsga2", "cmaes"])
+def test_choosing_a_strategy_alone_gives_a_run(tmp_path, cli, strategy):
+    from evolm.config import strategy_defaults
+
+    out = tmp_path / strategy
+    result = cli("run", "--strategy", strategy, "--generations", "2", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    config = tomllib.loads((out / "config.toml").read_text())
+    defaults = strategy_defaults(strategy)
+    assert config["strategy"]["population_size"] == defaults["strategy.population_size"]
+    assert (config["genome"]["name"], config["genome"]["params"]) == (defaults["genome.name"], defaults["genome.params"])
+    rows = read_metrics(out)
+    assert [row["generation"] for row in rows] == [0, 1]
+    assert all(math.isfinite(row["val_loss"]) for row in rows)
+
+
+def test_pbt_gets_its_own_population_unless_one_is_given(tmp_path, cli, tiny_args):
+    quick = ["--strategy", "pbt", "--generations", "1", "--set", "strategy.pbt_steps=2", "--quiet"]
+    result = cli("run", *quick, "--out", str(tmp_path / "default"))
+    assert result.returncode == 0, result.stderr
+    assert tomllib.loads((tmp_path / "default" / "config.toml").read_text())["strategy"]["population_size"] == 8
+    assert read_metrics(tmp_path / "default")[0]["evaluations"] == 8  # eight members trained and scored
+    result = cli("run", *tiny_args, *quick, "--population-size", "6", "--out", str(tmp_path / "explicit"))
+    assert result.returncode == 0, result.stderr
+    assert tomllib.loads((tmp_path / "explicit" / "config.toml").read_text())["strategy"]["population_size"] == 6
+
+
+def test_help_says_what_each_strategy_chooses(cli):
+    result = cli("run", "--help", timeout=60)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "cmaes population 24, vector genome over --params 'norm|head.bias'" in text
+    assert "pbt population 8" in text and "members x 3 x the weight bytes" in text
+    assert "anything you set (a flag, --set, a --config file) wins" in text
