@@ -244,3 +244,29 @@ def test_nsga2_parents_never_lose_to_a_dominated_partner():
         from_front += sum(tuple(child.fitness.values) in front for child in strategy.offspring)
     # A dominated parent only wins a pair of two dominated ones: 1/4 of the time per tournament on average.
     assert from_front / (25 * 8) > 0.65
+
+
+def test_pbt_default_population_and_its_memory_cost():
+    """pbt's default is 8 members, each holding its own copy of the evolving weights and Adam's two moments:
+    members x 3 x the weight bytes (what --help and the README state)."""
+    from evolm.strategies import make_strategy
+    from evolm.worker import Worker
+
+    config = build_config(overrides=[*TINY_LM, ("strategy.name", "pbt"), ("strategy.pbt_steps", 1)])
+    worker = Worker.from_config(config)
+    strategy = make_strategy(config, worker)
+    strategy.ask(0)  # one ready interval: every member now has Adam state
+
+    def tensor_bytes(tree):
+        if isinstance(tree, torch.Tensor):
+            return tree.numel() * tree.element_size()
+        if isinstance(tree, dict):
+            return sum(tensor_bytes(v) for v in tree.values())
+        if isinstance(tree, (list, tuple)):
+            return sum(tensor_bytes(v) for v in tree)
+        return 0
+
+    weights = sum(t.numel() * t.element_size() for t in worker.space.tensors)
+    assert len(strategy.members) == 8
+    held = sum(tensor_bytes(member["tensors"]) + tensor_bytes(member["optimizer"]) for member in strategy.members)
+    assert 3 * 8 * weights <= held <= 3.01 * 8 * weights  # Adam's step counters are the only extra
