@@ -149,7 +149,8 @@ class NoiseGenome:
         return [(start, min(start + CHUNK_ELEMENTS, numel)) for start in range(0, max(numel, 1), CHUNK_ELEMENTS)]
 
     def _fill(self, seed: int, index: int, chunk: int, start: int, stop: int, out: torch.Tensor) -> None:
-        """Write chunk ``chunk`` (flat ``start:stop``) of tensor ``index``'s noise into ``out`` (flat float32)."""
+        """Write chunk ``chunk`` (flat ``start:stop``) of tensor ``index``'s noise into ``out`` (float32,
+        contiguous, ``stop - start`` values: flat, or the tensor's shape for a whole one-chunk tensor)."""
         raise NotImplementedError
 
     def _buffer(self, kind: str, device: torch.device) -> torch.Tensor:
@@ -166,9 +167,13 @@ class NoiseGenome:
         tensor = self.space.tensors[index]
         if self._cache[index] is None:
             self._cache[index] = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
-        flat = self._cache[index].view(-1)
-        for chunk, (start, stop) in enumerate(self._chunks[index]):
-            self._fill(seed, index, chunk, start, stop, flat[start:stop])
+        chunks = self._chunks[index]
+        if len(chunks) == 1:  # the whole tensor: no views on the hot path of small models
+            self._fill(seed, index, 0, 0, chunks[0][1], self._cache[index])
+        else:
+            flat = self._cache[index].view(-1)
+            for chunk, (start, stop) in enumerate(chunks):
+                self._fill(seed, index, chunk, start, stop, flat[start:stop])
         self._cache_seeds[index] = seed
         return self._cache[index]
 
@@ -195,13 +200,17 @@ class NoiseGenome:
         return out
 
     def apply(self, model: nn.Module, genes) -> None:
+        cached = self.cached
         for seed, scale, mask in gene_entries(genes):
             for index, tensor in enumerate(self.space.tensors):
                 if mask == ALL_TENSORS or mask_has(mask, index):
-                    self._add_noise(tensor, seed, index, scale)
+                    if cached:  # the hot path of small models: one add per tensor
+                        tensor.add_(self._cached(seed, index), alpha=scale)
+                    else:
+                        self._add_noise(tensor, seed, index, scale)
 
     def _add_noise(self, tensor: torch.Tensor, seed: int, index: int, scale: float) -> None:
-        flat = None if self.cached else flat_view(tensor)
+        flat = flat_view(tensor)
         if flat is None:
             tensor.add_(self.noise(seed, index), alpha=scale)
             return
