@@ -136,7 +136,7 @@ def strategy_defaults(name: str) -> dict[str, Any]:
     return {**COMMON_DEFAULTS, **STRATEGY_DEFAULTS.get(name, {})}
 
 
-def resolve_strategy_defaults(config: "RunConfig") -> None:
+def resolve_strategy_defaults(config: RunConfig) -> None:
     """Fill every unset (None) field with the chosen strategy's default; set fields are left alone."""
     for key, value in strategy_defaults(config.strategy.name).items():
         section, name = key.split(".")
