@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evolm.config import build_config
-from evolm.engine import run
+from evolm.engine import WALL_CLOCK_FIELDS, run
 from evolm.strategies import STRATEGIES
 from functions import minimise, rastrigin, sphere
 
@@ -77,7 +77,7 @@ def test_same_seed_same_results(tmp_path, name, genome):
     for attempt in range(2):
         run(build_config(overrides=overrides), tmp_path / str(attempt), progress=False, log=lambda *a: None)
         lines = (tmp_path / str(attempt) / "metrics.jsonl").read_text().splitlines()
-        rows.append([{k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in lines])
+        rows.append([{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK_FIELDS} for line in lines])
     assert rows[0] == rows[1]
 
 
