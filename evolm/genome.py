@@ -62,20 +62,29 @@ class ParamSpace:
         # In-place perturbation works on the raw data: no autograd bookkeeping in the hot path.
         self.tensors: list[torch.Tensor] = [p.data for p in self.parameters]
         self.numel = sum(t.numel() for t in self.tensors)
-        # The one model-sized copy a genome needs: undo copies it back, exactly.
-        self._base = [t.detach().clone() for t in self.tensors]
+        # The one model-sized copy an in-place genome needs: undo copies it back, exactly. Made on the
+        # first in-place perturbation, so a run that never perturbs in place (EGGROLL's batched pass
+        # adds the low-rank term inside the forward) never holds it.
+        self._base: list[torch.Tensor] | None = None
+
+    def snapshot(self) -> None:
+        """Take the base snapshot if there is none yet; call before perturbing the tensors in place."""
+        if self._base is None:
+            self._base = [t.detach().clone() for t in self.tensors]
 
     def restore(self) -> None:
+        if self._base is None:
+            raise RuntimeError("ParamSpace.restore() without a snapshot: call snapshot() before perturbing in place")
         for tensor, base in zip(self.tensors, self._base):
             tensor.copy_(base)
 
     def commit(self) -> None:
         """Make the current weights the new base (after an update or a rebase)."""
-        for tensor, base in zip(self.tensors, self._base):
+        for tensor, base in zip(self.tensors, self._base or ()):
             base.copy_(tensor)
 
     def snapshot_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._base)
+        return sum(t.numel() * t.element_size() for t in self._base or ())
 
     def flat(self) -> torch.Tensor:
         return torch.cat([t.detach().reshape(-1).float().cpu() for t in self.tensors])
@@ -200,6 +209,7 @@ class NoiseGenome:
         return out
 
     def apply(self, model: nn.Module, genes) -> None:
+        self.space.snapshot()
         cached = self.cached
         for seed, scale, mask in gene_entries(genes):
             for index, tensor in enumerate(self.space.tensors):
@@ -321,6 +331,7 @@ class VectorGenome:
         delta = torch.as_tensor(np.asarray(genes, dtype=np.float32))
         if delta.numel() != self.size:
             raise ValueError(f"vector genome has {delta.numel()} genes, the parameter space {self.size}")
+        self.space.snapshot()
         offset = 0
         for tensor in self.space.tensors:
             count = tensor.numel()

@@ -58,6 +58,7 @@ def test_chunked_adam_step_equals_torch_adam_and_shares_its_state_format():
 
     config = build_config(overrides=[("strategy.weight_decay", 0.01)])
     ours, theirs = _multi_chunk_space(), _multi_chunk_space()
+    ours.snapshot()  # as the first in-place perturbation would: the update must move the snapshot too
     genome = SeedGenome(ours, cache_bytes=0)  # chunk by chunk, as for a large model
     optimizer = make_center_optimizer(ours.parameters, config)
     reference = torch.optim.Adam(theirs.parameters, lr=config.strategy.learning_rate, weight_decay=0.01)

@@ -45,3 +45,23 @@ def test_batched_lowrank_pass_on_a_gpu_draws_factors_there_and_matches_one_at_a_
         genome.apply(model, genes)
         assert value == pytest.approx(mean_log_likelihood(model, batch), abs=1e-4)
         genome.undo(model, genes)
+
+
+def test_the_batched_pass_never_copies_the_weights():
+    """EGGROLL's pass adds the low-rank term inside the forward: no in-place perturbation, so the
+    worker never takes the undo snapshot (1x the weights) that in-place scoring needs."""
+    from evolm.strategies.es import EsUpdate
+    from evolm.worker import Worker
+
+    config = build_config(overrides=[("genome.name", "lowrank"), ("genome.batch_individuals", 4), ("model.width", 32),
+                                     ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 16),
+                                     ("data.batch_size", 4), ("data.val_sequences", 4)])
+    worker = Worker.from_config(config)
+    assert worker.population_chunk == 4
+    worker.evaluate([[(1, 0.02)], [(1, -0.02)], [(2, 0.02)], [(2, -0.02)]], generation=0)
+    worker.apply_update(EsUpdate([1, 2], [0.5, -0.5]))
+    assert worker.space.snapshot_bytes() == 0
+    with worker.applied([(3, 0.02)]):  # scoring one individual in place takes it, once
+        pass
+    weights = sum(t.numel() * t.element_size() for t in worker.space.tensors)
+    assert worker.space.snapshot_bytes() == weights
