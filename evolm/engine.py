@@ -389,15 +389,15 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         "run_dir": str(out_dir),
     }
     write_json(out_dir / "summary.json", summary)
-    _finish(out_dir, summary, config, log, worker)
+    _finish(out_dir, summary, config, log, worker, strategy.best_genes())
     return summary
 
 
-def _finish(out_dir: Path, summary: dict, config, log, worker=None) -> None:
+def _finish(out_dir: Path, summary: dict, config, log, worker=None, best_genes=None) -> None:
     """The end of every run: ``fitness.png``, a short summary and a sample of the final model."""
     from evolm.models import MODEL_NAMES
     from evolm.plot import plot_run
-    from evolm.sampling import printable, sample_text
+    from evolm.sampling import printable, run_tokenizer, sample_text
 
     try:
         plot = plot_run(out_dir)
@@ -409,11 +409,17 @@ def _finish(out_dir: Path, summary: dict, config, log, worker=None) -> None:
         f"{summary['val_loss_initial']:.3f} -> {summary['val_loss_final']:.3f} nats; "
         f"best fitness {summary['best_fitness']:.3f}; results in {out_dir}; plot {plot}"
     )
-    if worker is None or config.model.name in MODEL_NAMES:
-        sample, unit = sample_text(out_dir, tokens=200, temperature=0.8, seed=config.seed), "bytes"
-    else:  # hf:PATH or a Python API module: the driver's own model with the saved weights, and its tokenizer
-        from evolm.api import load_weights, sample_from_worker
+    from evolm.api import load_weights, sample_from_worker
 
+    if worker is None:
+        sample, unit = sample_text(out_dir, tokens=200, temperature=0.8, seed=config.seed), "bytes"
+    elif config.model.name in MODEL_NAMES:
+        # The driver's worker with the final genes applied holds exactly the saved weights: sampling
+        # from it costs no second model (a model-sized copy at the end of every run).
+        if getattr(worker, "tokenizer", None) is None:
+            worker.tokenizer = run_tokenizer(config)
+        sample, unit = sample_from_worker(worker, best_genes, tokens=200, temperature=0.8, seed=config.seed), "bytes"
+    else:  # hf:PATH or a Python API module: the driver's own model with the saved weights, and its tokenizer
         load_weights(worker.model, out_dir)
         sample, unit = sample_from_worker(worker, tokens=200, temperature=0.8, seed=config.seed), "tokens"
     if sample is not None:  # None: a fitness-function run without text has nothing to write with

@@ -221,3 +221,21 @@ def test_tensorboard_logging_writes_the_run_metrics(tmp_path, cli, tiny_args):
     assert [event.step for event in events.Scalars("val_loss")] == [0, 1, 2]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert val_loss == pytest.approx([json.loads(line)["val_loss"] for line in lines], rel=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["es", "ga"])
+def test_a_run_ends_with_the_sample_of_its_saved_weights(tmp_path, strategy):
+    """The closing sample comes from the driver's worker with the final genes applied (no second model
+    is built from model.safetensors), and it is exactly what ``evolm sample`` writes from the folder."""
+    from evolm.engine import run
+
+    config = build_config(overrides=[("strategy.name", strategy), ("model.width", 32), ("model.layers", 1),
+                                     ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
+                                     ("data.batch_size", 4), ("data.val_sequences", 4),
+                                     ("strategy.population_size", 8), ("generations", 3), ("seed", 3)])
+    lines = []
+    run(config, tmp_path / "run", progress=False, log=lines.append)
+    logged = [line for line in lines if line.startswith("evolm: sample (200 bytes")]
+    assert len(logged) == 1
+    expected = printable(sample_text(tmp_path / "run", tokens=200, temperature=0.8, seed=3))
+    assert logged[0].split("\n", 1)[1] == expected
