@@ -209,3 +209,23 @@ def test_a_diverging_run_stops_with_its_scores_logged(tiny_config, tmp_path):
     summary = BASELINES["mezo"](tiny_config, tmp_path / "mezo", steps=2000, log=quiet, learning_rate=10.0)
     assert summary["diverged"] and summary["generations"] < 2000
     assert (tmp_path / "mezo" / "model.safetensors").exists()
+
+
+def test_mezo_holds_one_model_and_reports_its_own_score(tiny_config, tmp_path):
+    """mezo needs no frozen copy of the initial model (its report follows fitness.scorer, self by
+    default): it adds nothing model-sized over inference. With scorer=reference the copy is built."""
+    from evolm.baselines import BaselineRun
+
+    run = BaselineRun("mezo", tiny_config, tmp_path / "own", steps=1)
+    try:
+        assert run._reference is None
+        assert run.report_initial["self_score"] < 0
+    finally:
+        run.close()
+    judged = BaselineRun("mezo", build_config(overrides=[*TINY, ("fitness.scorer", "reference")]), tmp_path / "judged",
+                         steps=1)
+    try:
+        assert judged._reference is not None
+        assert judged.report_initial["self_score"] == pytest.approx(run.report_initial["self_score"])  # same model at the start
+    finally:
+        judged.close()

@@ -19,7 +19,8 @@ a training step; mezo: each of the two perturbed forwards; reinforce: one batch 
 batch's self-score), and ``best/mean/std_fitness`` summarise the evaluations since the previous line.
 Every line also carries ``val_loss`` (the worker's fixed validation windows) and, from
 :meth:`BaselineRun.report`, ``self_score`` (mean log-likelihood of the model's own continuations of
-fixed validation prompts under the frozen initial model) and ``distinct_2`` of those continuations;
+fixed validation prompts under ``fitness.scorer``: the model itself, or the frozen initial model) and
+``distinct_2`` of those continuations;
 ``summary.json`` has them as ``*_initial`` / ``*_final``, plus ``peak_rss_mb`` and the options used.
 """
 
@@ -202,13 +203,21 @@ class BaselineRun:
 
     @torch.no_grad()
     def report(self) -> dict:
-        """Self-score (mean log-likelihood of the model's own continuations under the frozen initial model)
-        and distinct-2 of those continuations, on fixed validation prompts with a fixed sampling seed."""
+        """Self-score (mean log-likelihood of the model's own continuations under the run's scorer) and
+        distinct-2 of those continuations, on fixed validation prompts with a fixed sampling seed.
+
+        The scorer follows ``fitness.scorer`` as in an evolution run's report: the model judges itself
+        (``self``, the default) or the frozen initial model judges (``reference``, and always for
+        reinforce, whose reward it is). Only then is the frozen copy built, so adam and mezo hold one model.
+        ``evolm compare`` judges every method's final weights itself with the frozen initial model."""
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             return {"self_score": math.nan, "distinct_2": math.nan}
         fitness = self.config.fitness
         prompts = self.val_batch.inputs[: fitness.prompts, : min(fitness.prompt_tokens, self.config.model.context)]
-        environment = TokenEnvironment(self.reference, self.corpus, len(prompts), prompts.shape[1],
+        # reinforce's reward is the frozen model's score: its report says how well it optimised that.
+        judged_by_reference = fitness.scorer == "reference" or self.method == "reinforce"
+        scorer = self.reference if judged_by_reference else self.model
+        environment = TokenEnvironment(scorer, self.corpus, len(prompts), prompts.shape[1],
                                        fitness.generate_tokens, torch_generator(self.config.seed, "report"), self.device)
         generator = torch_generator(self.config.seed, "report-sampling")
         training = self.model.training
