@@ -352,7 +352,7 @@ def make_config(config=None, *, data=None, fitness_terms: str | None = None, ove
     """A :class:`~evolm.config.RunConfig` (validated later, by :func:`evolve`): defaults, then ``config`` (a
     RunConfig, a TOML path or a mapping), ``data``, ``overrides`` (``"key=value"`` strings or pairs) and keyword
     ``settings``, in that order."""
-    from evolm.config import RunConfig, _apply_mapping, load_toml, set_dotted
+    from evolm.config import RunConfig, _apply_mapping, load_toml, resolve_strategy_defaults, set_dotted
 
     if config is None:
         result = RunConfig()
@@ -374,6 +374,7 @@ def make_config(config=None, *, data=None, fitness_terms: str | None = None, ove
     pairs += [_as_override(item) for item in overrides] + _settings_overrides(settings or {})
     for key, value in pairs:
         set_dotted(result, key, value)
+    resolve_strategy_defaults(result)  # the chosen strategy's working defaults fill what is still unset
     return result
 
 

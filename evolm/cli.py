@@ -54,7 +54,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", action="store_const", const="true", default=None,
                         help="also write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
     parser.add_argument("--checkpoint-every", metavar="N",
-                        help="write a checkpoint every N generations (default 1; 0: none, resume then starts over)")
+                        help="write a checkpoint every N generations (default -1: auto, by the checkpoint's cost, at most about 5%% of the run; 0: none, resume then starts over)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -154,7 +154,7 @@ class RunConfig:
     device: str = "cpu"
     name: str = ""  # run name; "" derives one from the strategy, model and seed
     threads: int = 0  # torch threads; 0 leaves torch's default
-    checkpoint_every: int = 1  # generations between checkpoints (and always the last); 0: none (resume starts over); -1: auto (by checkpoint cost)
+    checkpoint_every: int = -1  # -1: auto (when 20x the last checkpoint's time has passed: <= 5% of the run; always the last); N: every N generations; 0: none (resume starts over)
     tensorboard: bool = False  # also log metrics as TensorBoard scalars under RUN_DIR/tensorboard (needs the tensorboard package)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
