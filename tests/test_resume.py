@@ -230,6 +230,7 @@ def test_each_line_reports_the_checkpoint_written_since_the_line_before(tmp_path
 
     config = in_process_config("es")
     set_dotted(config, "generations", 4)
+    set_dotted(config, "checkpoint_every", 1)
     summary = engine.run(config, tmp_path / "every", progress=False, log=lambda *_: None)
     lines = read_metrics(tmp_path / "every")
     assert lines[0]["checkpoint_bytes"] == 0 and lines[0]["checkpoint_seconds"] == 0  # nothing written before it
