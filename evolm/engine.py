@@ -370,6 +370,7 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
 
     with worker.applied(strategy.best_genes()) as model:
         save_model_file(model, out_dir / "model.safetensors")
+    worker.release_search_state()  # saved: the snapshot and optimiser moments are not needed any more
     summary = {
         "method": strategy.name,
         "strategy": strategy.name,

@@ -72,6 +72,10 @@ class ParamSpace:
         if self._base is None:
             self._base = [t.detach().clone() for t in self.tensors]
 
+    def drop_snapshot(self) -> None:
+        """Free the snapshot (no perturbation may be applied); the next in-place perturbation takes a new one."""
+        self._base = None
+
     def restore(self) -> None:
         if self._base is None:
             raise RuntimeError("ParamSpace.restore() without a snapshot: call snapshot() before perturbing in place")

@@ -186,6 +186,13 @@ class Worker:
         with self.applied(genes) as model:
             return self.fitness.report(model, generation)
 
+    def release_search_state(self) -> None:
+        """Drop what only the search needs once a run is over and saved: the undo snapshot and the
+        center optimiser's moments (3x the evolving weights with Adam). The closing plot and sample
+        then run beside one model, not on top of the search's peak."""
+        self._optimizer = None
+        self.space.drop_snapshot()
+
     def optimizer_state(self) -> dict | None:
         """The center optimiser's state dict (references, no copy; None before its first step or for sgd)."""
         return None if self._optimizer is None else self._optimizer.state_dict()

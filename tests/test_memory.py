@@ -92,3 +92,24 @@ def test_a_worker_holds_no_model_sized_buffer_but_the_snapshot_and_the_moments()
     assert set(state["state"][0]) == {"step", "exp_avg", "exp_avg_sq"} and state["param_groups"][0]["lr"] == 0.01
     # It loads into torch's own Adam over the same parameters.
     torch.optim.Adam(worker.space.parameters, lr=0.01).load_state_dict(state)
+
+
+def test_a_finished_run_frees_its_search_state_before_the_closing_plot_and_sample(tmp_path):
+    """The undo snapshot and Adam's moments (3x the weights) are dropped once the final weights are
+    saved, so the closing plot and sample do not stack on the search's peak."""
+    from evolm.engine import run
+
+    workers = []
+
+    def factory(config):
+        worker = Worker.from_config(config)
+        workers.append(worker)
+        return worker
+
+    config = build_config(overrides=[("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64),
+                                     ("model.context", 16), ("data.batch_size", 2), ("data.val_sequences", 2),
+                                     ("strategy.population_size", 4), ("generations", 2)])
+    run(config, tmp_path / "run", progress=False, log=lambda *_: None, worker_factory=factory)
+    (worker,) = workers
+    assert worker.space.snapshot_bytes() == 0 and worker.optimizer_state() is None
+    assert (tmp_path / "run" / "model.safetensors").exists()
