@@ -14,7 +14,8 @@ resident set size (``VmHWM`` in ``/proc/self/status``) at the end:
   evaluation, update, validation, report, checkpoint, final save), at several population sizes.
 
 ``added_bytes`` = case peak - inference peak, also as a multiple of the weight bytes. Components
-are *counted* from the tensors the process holds at the end (the worker's undo snapshot, the
+are *counted* from the tensors the process holds after its last generation, just before the engine
+frees the search state (the worker's undo snapshot, the
 optimiser moments, the genome's noise buffers, a baseline's frozen reference model); ``other`` is
 the *measured* remainder (population activations, engine, allocator). The peak of each phase is
 measured too, by resetting the kernel's high-water mark around it (``/proc/self/clear_refs``):
@@ -149,9 +150,29 @@ def child(args) -> dict:
         workers = []
         make_worker = engine.make_worker
 
+        def count(worker) -> dict:
+            """What the worker holds beyond the model: counted while the search state is still alive."""
+            held = {"weights_snapshot": worker.space.snapshot_bytes()}
+            state = worker.optimizer_state()
+            held["optimizer_state"] = 0 if state is None else sum(
+                _nbytes([v for k, v in s.items() if k != "step"]) for s in state["state"].values())
+            held["noise_buffers"] = worker.genome.buffer_bytes()
+            reference = getattr(worker.fitness, "reference", None)
+            if reference is not None:
+                held["frozen_reference_model"] = _nbytes(reference.parameters())
+            return held
+
         def recording_make_worker(*a, **k):  # remembers the driver's worker to count what it holds
-            workers.append(make_worker(*a, **k))
-            return workers[-1]
+            worker = make_worker(*a, **k)
+            release = worker.release_search_state
+
+            def counting_release():  # the engine frees the search state after the final save: count it first
+                components.update(count(worker))
+                release()
+
+            worker.release_search_state = counting_release
+            workers.append(worker)
+            return worker
 
         engine.make_worker = recording_make_worker
         phases.wrap(engine, "save_checkpoint", "checkpoint")
@@ -161,14 +182,6 @@ def child(args) -> dict:
         worker = workers[0]
         weights = _nbytes(worker.space.parameters)
         parameters = sum(p.numel() for p in worker.model.parameters())
-        components["weights_snapshot"] = worker.space.snapshot_bytes()
-        state = worker.optimizer_state()
-        components["optimizer_state"] = 0 if state is None else sum(
-            _nbytes([v for k, v in s.items() if k != "step"]) for s in state["state"].values())
-        components["noise_buffers"] = worker.genome.buffer_bytes()
-        reference = getattr(worker.fitness, "reference", None)
-        if reference is not None:
-            components["frozen_reference_model"] = _nbytes(reference.parameters())
     result = phases.finish()
     return {**result, "weight_bytes": weights, "parameters": parameters, "counted": components}
 
