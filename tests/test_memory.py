@@ -69,9 +69,12 @@ def test_es_adds_one_weight_copy_with_sgd_and_three_with_adam():
     assert weights > 100e6  # the weights dominate: 25M float32 parameters
     sgd = (peak("es", "sgd")["peak"] - inference["peak"]) / weights
     adam = (peak("es", "adam")["peak"] - inference["peak"]) / weights
-    # The snapshot (1x) and Adam's moments (2x); 5% for chunk scratch and the allocator.
-    assert sgd <= 1.05, sgd
-    assert adam <= 3.05, adam
+    # The snapshot (1x) and Adam's moments (2x), plus chunk scratch and the allocator: typically 0.99x and
+    # 3.005x here, once 3.069x in a CI run (malloc's arenas and mmap threshold move a few MB between
+    # processes). The next test counts the worker's buffers exactly; this one guards the whole process
+    # (the code before chunked noise and updates added 6.1x).
+    assert sgd <= 1.1, sgd
+    assert adam <= 3.1, adam
 
 
 def test_a_worker_holds_no_model_sized_buffer_but_the_snapshot_and_the_moments():
