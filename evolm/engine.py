@@ -204,12 +204,6 @@ def resume(run_dir: str | Path, progress: bool = True, log=print, worker_factory
     return _evolve(config, worker, run_dir, progress, log, checkpoint)
 
 
-def _optimizer_state(worker):
-    """The center optimiser's state dict without copying its tensors (``sync_state`` clones every weight)."""
-    optimizer_state = getattr(worker, "optimizer_state", None)
-    return optimizer_state() if optimizer_state is not None else worker.sync_state()["optimizer"]
-
-
 def _checkpoint_payload(worker, strategy, state: dict, metrics_lines: int) -> dict:
     """Model weights, optimiser moments and strategy tensors through safetensors; everything else as JSON.
 
@@ -217,7 +211,7 @@ def _checkpoint_payload(worker, strategy, state: dict, metrics_lines: int) -> di
     """
     tensors = {f"model.{name}": tensor for name, tensor in worker.model.state_dict().items()}
     strategy_tensors, strategy_state = pack_tree(strategy.state_dict(), "strategy")
-    optimizer = _optimizer_state(worker)
+    optimizer = worker.optimizer_state()  # the live state: sync_state would clone every weight
     optimizer_tensors, optimizer_state = pack_tree(optimizer, "optimizer") if optimizer is not None else ({}, None)
     state = {**state, "strategy": strategy_state, "optimizer": optimizer_state}
     return {"tensors": {**tensors, **strategy_tensors, **optimizer_tensors}, "state": state, "metrics_lines": metrics_lines}
@@ -410,18 +404,17 @@ def _finish(out_dir: Path, summary: dict, config, log, worker=None, best_genes=N
         f"{summary['val_loss_initial']:.3f} -> {summary['val_loss_final']:.3f} nats; "
         f"best fitness {summary['best_fitness']:.3f}; results in {out_dir}; plot {plot}"
     )
-    from evolm.api import load_weights, sample_from_worker
+    from evolm.api import sample_from_worker
 
     if worker is None:
         sample, unit = sample_text(out_dir, tokens=200, temperature=0.8, seed=config.seed), "bytes"
-    elif config.model.name in MODEL_NAMES:
+    else:
         # The driver's worker with the final genes applied holds exactly the saved weights: sampling
-        # from it costs no second model (a model-sized copy at the end of every run).
-        if getattr(worker, "tokenizer", None) is None:
+        # from it reads no file and builds no second model (a model-sized copy at the end of every run).
+        builtin = config.model.name in MODEL_NAMES
+        if builtin and getattr(worker, "tokenizer", None) is None:
             worker.tokenizer = run_tokenizer(config)
-        sample, unit = sample_from_worker(worker, best_genes, tokens=200, temperature=0.8, seed=config.seed), "bytes"
-    else:  # hf:PATH or a Python API module: the driver's own model with the saved weights, and its tokenizer
-        load_weights(worker.model, out_dir)
-        sample, unit = sample_from_worker(worker, tokens=200, temperature=0.8, seed=config.seed), "tokens"
+        unit = "bytes" if builtin else "tokens"  # hf:PATH or a Python API module: its own tokenizer
+        sample = sample_from_worker(worker, best_genes, tokens=200, temperature=0.8, seed=config.seed)
     if sample is not None:  # None: a fitness-function run without text has nothing to write with
         log(f"evolm: sample (200 {unit}, temperature 0.8):\n" + printable(sample))
