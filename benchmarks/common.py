@@ -23,8 +23,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": __import__("os").cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
+    info = {
+        "cpu": cpu,
+        "cores": __import__("os").cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         import ray
 

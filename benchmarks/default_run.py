@@ -75,13 +75,20 @@ def measure(command: list[str]) -> dict:
             source = "/usr/bin/time -v"
         else:  # the largest child's peak; this script starts only the one
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            figures = {"peak_rss_kb": usage.ru_maxrss / (1024 if sys.platform == "darwin" else 1),
-                       "user_seconds": usage.ru_utime, "system_seconds": usage.ru_stime}
+            figures = {
+                "peak_rss_kb": usage.ru_maxrss / (1024 if sys.platform == "darwin" else 1),
+                "user_seconds": usage.ru_utime,
+                "system_seconds": usage.ru_stime,
+            }
             source = "resource.getrusage(RUSAGE_CHILDREN)"
-    return {"wall_seconds_command": round(wall, 2), "peak_rss_mb": round(figures.pop("peak_rss_kb") / 1024, 1),
-            **figures, "measured_with": source,
-            # The run's own closing line; the sample that follows it is random bytes early on.
-            "done_line": next((line for line in result.stdout.splitlines() if line.startswith("evolm: done")), None)}
+    return {
+        "wall_seconds_command": round(wall, 2),
+        "peak_rss_mb": round(figures.pop("peak_rss_kb") / 1024, 1),
+        **figures,
+        "measured_with": source,
+        # The run's own closing line; the sample that follows it is random bytes early on.
+        "done_line": next((line for line in result.stdout.splitlines() if line.startswith("evolm: done")), None),
+    }
 
 
 def main() -> None:
@@ -135,7 +142,11 @@ def main() -> None:
     print_table(
         ["figure", "start", "end"],
         [
-            ["wall seconds (command / loop)", "", f"{data['wall_seconds_command']:.1f} / {data['wall_seconds_loop']:.1f}"],
+            [
+                "wall seconds (command / loop)",
+                "",
+                f"{data['wall_seconds_command']:.1f} / {data['wall_seconds_loop']:.1f}",
+            ],
             ["generations", "", data["generations"]],
             ["validation loss (nats)", f"{data['val_loss_initial']:.3f}", f"{data['val_loss_final']:.3f}"],
             ["self-score", f"{data['self_score_initial']:.2f}", f"{data['self_score_final']:.2f}"],

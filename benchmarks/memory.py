@@ -42,8 +42,13 @@ from common import print_table, write_result
 
 MODEL = [("model.width", "1024"), ("model.layers", "4"), ("model.heads", "8"), ("model.ff", "4096")]
 # Tiny batches: the weights, not the activations, must dominate; identical in every case.
-TINY = [("model.context", "16"), ("data.batch_size", "1"), ("data.val_sequences", "2"), ("fitness.prompts", "2"),
-        ("threads", "1")]
+TINY = [
+    ("model.context", "16"),
+    ("data.batch_size", "1"),
+    ("data.val_sequences", "2"),
+    ("fitness.prompts", "2"),
+    ("threads", "1"),
+]
 GENERATIONS = 1
 MEZO_STEPS = 2
 
@@ -154,8 +159,11 @@ def child(args) -> dict:
             """What the worker holds beyond the model: counted while the search state is still alive."""
             held = {"weights_snapshot": worker.space.snapshot_bytes()}
             state = worker.optimizer_state()
-            held["optimizer_state"] = 0 if state is None else sum(
-                _nbytes([v for k, v in s.items() if k != "step"]) for s in state["state"].values())
+            held["optimizer_state"] = (
+                0
+                if state is None
+                else sum(_nbytes([v for k, v in s.items() if k != "step"]) for s in state["state"].values())
+            )
             held["noise_buffers"] = worker.genome.buffer_bytes()
             reference = getattr(worker.fitness, "reference", None)
             if reference is not None:
@@ -200,16 +208,45 @@ def cases(args) -> list[tuple[str, str, list[str]]]:
     every = [] if args.checkpoint_every is None else [f"checkpoint_every={args.checkpoint_every}"]
     for population in args.populations:
         for optimizer in ("sgd", "adam"):
-            grid.append((f"es/seed/{optimizer}/p{population}", "es",
-                         [f"strategy.population_size={population}", "genome.name=seed", f"strategy.optimizer={optimizer}", *every]))
+            grid.append(
+                (
+                    f"es/seed/{optimizer}/p{population}",
+                    "es",
+                    [
+                        f"strategy.population_size={population}",
+                        "genome.name=seed",
+                        f"strategy.optimizer={optimizer}",
+                        *every,
+                    ],
+                )
+            )
     for population in args.lowrank_populations:
-        grid.append((f"es/lowrank/adam/p{population}", "es",
-                     [f"strategy.population_size={population}", "genome.name=lowrank", "strategy.optimizer=adam",
-                      f"genome.batch_individuals={args.lowrank_batch}", *every]))
+        grid.append(
+            (
+                f"es/lowrank/adam/p{population}",
+                "es",
+                [
+                    f"strategy.population_size={population}",
+                    "genome.name=lowrank",
+                    "strategy.optimizer=adam",
+                    f"genome.batch_individuals={args.lowrank_batch}",
+                    *every,
+                ],
+            )
+        )
     for population in args.no_checkpoint_populations:
-        grid.append((f"es/seed/adam/p{population}/checkpoint_every=0", "es",
-                     [f"strategy.population_size={population}", "genome.name=seed", "strategy.optimizer=adam",
-                      "checkpoint_every=0"]))
+        grid.append(
+            (
+                f"es/seed/adam/p{population}/checkpoint_every=0",
+                "es",
+                [
+                    f"strategy.population_size={population}",
+                    "genome.name=seed",
+                    "strategy.optimizer=adam",
+                    "checkpoint_every=0",
+                ],
+            )
+        )
     return grid
 
 
@@ -223,10 +260,18 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--populations", type=_sizes, default=[16, 256, 1024], help="seed genome, sgd and adam")
     parser.add_argument("--lowrank-populations", type=_sizes, default=[16, 256, 1024])
-    parser.add_argument("--lowrank-batch", type=int, default=16,
-                        help="genome.batch_individuals for lowrank (16: EGGROLL's batched pass, the CUDA default; 1: in place)")
-    parser.add_argument("--no-checkpoint-populations", type=_sizes, default=[16],
-                        help="also run es/seed/adam with checkpoint_every=0 at these sizes")
+    parser.add_argument(
+        "--lowrank-batch",
+        type=int,
+        default=16,
+        help="genome.batch_individuals for lowrank (16: EGGROLL's batched pass, the CUDA default; 1: in place)",
+    )
+    parser.add_argument(
+        "--no-checkpoint-populations",
+        type=_sizes,
+        default=[16],
+        help="also run es/seed/adam with checkpoint_every=0 at these sizes",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=None, help="for the es cases (default: the config's)")
     args = parser.parse_args()
     if args.child:
@@ -242,26 +287,65 @@ def main() -> None:
         components = {**counted, "other_measured": added - sum(counted.values())}
         phase = result.get("phase_peak_bytes") or {}
         loop = phase.get("loop", result["peak_rss_bytes"]) - reference
-        rows[label] = {**result, "added_bytes": added, "added_over_weights": round(added / weights, 3), "components": components,
-                       "added_bytes_generations": loop, "added_over_weights_generations": round(loop / weights, 3)}
-        table.append([label, f"{result['peak_rss_bytes'] / 1e6:.0f}", f"{added / 1e6:.0f}", f"{added / weights:.2f}",
-                      f"{loop / weights:.2f}",
-                      ", ".join(f"{k} {v / 1e6:.0f}" for k, v in components.items()),
-                      ", ".join(f"{k} {(v - reference) / 1e6:.0f}" for k, v in phase.items())])
-    path = write_result("memory", {
-        "model": dict(MODEL), "tiny_batch": dict(TINY), "generations": GENERATIONS, "mezo_steps": MEZO_STEPS,
-        "parameters": results["inference"]["parameters"], "weight_bytes": weights,
-        "population_sizes": {"seed": args.populations, "lowrank": args.lowrank_populations},
-        "lowrank_batch_individuals": args.lowrank_batch, "inference_peak_rss_bytes": reference,
-        "counted_components": ["weights_snapshot", "optimizer_state", "noise_buffers", "frozen_reference_model", "noise_buffer"],
-        "measured_components": ["other_measured"],
-        "cases": rows,
-    })
+        rows[label] = {
+            **result,
+            "added_bytes": added,
+            "added_over_weights": round(added / weights, 3),
+            "components": components,
+            "added_bytes_generations": loop,
+            "added_over_weights_generations": round(loop / weights, 3),
+        }
+        table.append(
+            [
+                label,
+                f"{result['peak_rss_bytes'] / 1e6:.0f}",
+                f"{added / 1e6:.0f}",
+                f"{added / weights:.2f}",
+                f"{loop / weights:.2f}",
+                ", ".join(f"{k} {v / 1e6:.0f}" for k, v in components.items()),
+                ", ".join(f"{k} {(v - reference) / 1e6:.0f}" for k, v in phase.items()),
+            ]
+        )
+    path = write_result(
+        "memory",
+        {
+            "model": dict(MODEL),
+            "tiny_batch": dict(TINY),
+            "generations": GENERATIONS,
+            "mezo_steps": MEZO_STEPS,
+            "parameters": results["inference"]["parameters"],
+            "weight_bytes": weights,
+            "population_sizes": {"seed": args.populations, "lowrank": args.lowrank_populations},
+            "lowrank_batch_individuals": args.lowrank_batch,
+            "inference_peak_rss_bytes": reference,
+            "counted_components": [
+                "weights_snapshot",
+                "optimizer_state",
+                "noise_buffers",
+                "frozen_reference_model",
+                "noise_buffer",
+            ],
+            "measured_components": ["other_measured"],
+            "cases": rows,
+        },
+    )
     print(f"wrote {path}")
-    print(f"model: {results['inference']['parameters']:,} parameters, {weights / 1e6:.0f} MB of weights; "
-          f"inference peak {reference / 1e6:.0f} MB; MB added over it:")
-    print_table(["case", "peak MB", "added MB", "x weights", "x weights (generations)", "components MB (counted; other measured)",
-                 "added at phase peaks MB"], table)
+    print(
+        f"model: {results['inference']['parameters']:,} parameters, {weights / 1e6:.0f} MB of weights; "
+        f"inference peak {reference / 1e6:.0f} MB; MB added over it:"
+    )
+    print_table(
+        [
+            "case",
+            "peak MB",
+            "added MB",
+            "x weights",
+            "x weights (generations)",
+            "components MB (counted; other measured)",
+            "added at phase peaks MB",
+        ],
+        table,
+    )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,12 @@ def measure_speed(repetitions: int, generations: int) -> dict:
     for threads in (1, 2):
         config = build_config(None, [("threads", str(threads))])
         worker = Worker.from_config(config)
-        setups[f"in_process_{threads}_thread{'s' if threads > 1 else ''}"] = (config, worker, LocalEvaluator(worker), threads)
+        setups[f"in_process_{threads}_thread{'s' if threads > 1 else ''}"] = (
+            config,
+            worker,
+            LocalEvaluator(worker),
+            threads,
+        )
     for _, _, evaluator, _ in setups.values():
         if hasattr(evaluator, "wait_for_actors"):
             evaluator.wait_for_actors()
@@ -101,7 +106,8 @@ def measure_speed(repetitions: int, generations: int) -> dict:
         "individuals_per_second": {name: spread(values) for name, values in rates.items()},
         "speedup_2_workers": statistics.median(b / a for a, b in zip(one, two)),
         "ray_2_actors_over_in_process_2_threads": statistics.median(
-            b / a for a, b in zip(rates["in_process_2_threads"], two)),
+            b / a for a, b in zip(rates["in_process_2_threads"], two)
+        ),
         "population_size": setups["ray_1_actor"][0].strategy.population_size,
     }
 
@@ -115,9 +121,16 @@ def measure_generations(repetitions: int, generations: int) -> dict:
     for threads in (1, 2):
         config = build_config(None, [("threads", str(threads))])
         worker = Worker.from_config(config)
-        setups[f"in_process_{threads}_thread{'s' if threads > 1 else ''}"] = (config, worker, LocalEvaluator(worker), threads)
+        setups[f"in_process_{threads}_thread{'s' if threads > 1 else ''}"] = (
+            config,
+            worker,
+            LocalEvaluator(worker),
+            threads,
+        )
     for actors in (1, 2):
-        config = build_config(None, [("threads", "1"), ("evaluator.workers", str(actors)), ("evaluator.threads_per_worker", "1")])
+        config = build_config(
+            None, [("threads", "1"), ("evaluator.workers", str(actors)), ("evaluator.threads_per_worker", "1")]
+        )
         worker = Worker.from_config(config)
         setups[f"ray_{actors}_actor{'s' if actors > 1 else ''}"] = (config, worker, RayEvaluator(config, worker), 1)
     strategies = {name: make_strategy(config, worker) for name, (config, worker, _, _) in setups.items()}
@@ -128,7 +141,7 @@ def measure_generations(repetitions: int, generations: int) -> dict:
     shares: dict[str, list[float]] = {name: [] for name in setups if name.startswith("ray")}
     counters = dict.fromkeys(setups, 0)  # each setup runs its own sequence of generations
     for repetition in range(repetitions + 1):  # the first round is the warm-up
-        for name, (config, worker, evaluator, threads) in setups.items():
+        for name, (_config, _worker, evaluator, threads) in setups.items():
             torch.set_num_threads(threads)
             waited = getattr(evaluator, "wait_seconds", 0.0)
             started = time.perf_counter()
@@ -148,7 +161,8 @@ def measure_generations(repetitions: int, generations: int) -> dict:
         "driver_share": {name: spread(values) for name, values in shares.items()},
         "speedup_2_workers_generation": statistics.median(b / a for a, b in zip(one, two)),
         "ray_2_actors_over_in_process_2_threads_generation": statistics.median(
-            b / a for a, b in zip(rates["in_process_2_threads"], two)),
+            b / a for a, b in zip(rates["in_process_2_threads"], two)
+        ),
     }
 
 
@@ -156,9 +170,18 @@ def measure_vector_bytes() -> dict:
     """Bytes per gene sent for one generation of a vector genome (ga over biases and norms), 2 actors."""
     from evolm.evaluators.ray import RayEvaluator
 
-    config = build_config(None, [("data.batch_size", "1"), ("data.val_sequences", "1"), ("threads", "1"),
-                                 ("evaluator.workers", "2"), ("strategy.name", "ga"), ("genome.name", "vector"),
-                                 ("genome.params", "bias|norm")])
+    config = build_config(
+        None,
+        [
+            ("data.batch_size", "1"),
+            ("data.val_sequences", "1"),
+            ("threads", "1"),
+            ("evaluator.workers", "2"),
+            ("strategy.name", "ga"),
+            ("genome.name", "vector"),
+            ("genome.params", "bias|norm"),
+        ],
+    )
     worker = Worker.from_config(config)
     evaluator = RayEvaluator(config, worker)
     try:
@@ -168,9 +191,13 @@ def measure_vector_bytes() -> dict:
     finally:
         evaluator.close()
     genes = worker.space.numel
-    return {"genes": genes, "individuals": len(population), "bytes_sent": sent,
-            "bytes_per_gene": sent / (genes * len(population)),
-            "bytes_per_gene_as_numpy_scalars_before": payload_of_scalars(population) / (genes * len(population))}
+    return {
+        "genes": genes,
+        "individuals": len(population),
+        "bytes_sent": sent,
+        "bytes_per_gene": sent / (genes * len(population)),
+        "bytes_per_gene_as_numpy_scalars_before": payload_of_scalars(population) / (genes * len(population)),
+    }
 
 
 def payload_of_scalars(population) -> int:
@@ -189,9 +216,16 @@ def measure_bytes(generations: int) -> dict:
     for label, width in SIZES.items():
         row = {}
         for genome, strategy_name in (("seed", "es"), ("lowrank", "ga")):
-            overrides = [("model.width", str(width)), ("model.ff", str(4 * width)), ("data.batch_size", "1"),
-                         ("data.val_sequences", "1"), ("threads", "1"), ("evaluator.workers", "2"),
-                         ("strategy.name", strategy_name), ("genome.name", genome)]
+            overrides = [
+                ("model.width", str(width)),
+                ("model.ff", str(4 * width)),
+                ("data.batch_size", "1"),
+                ("data.val_sequences", "1"),
+                ("threads", "1"),
+                ("evaluator.workers", "2"),
+                ("strategy.name", strategy_name),
+                ("genome.name", genome),
+            ]
             config = build_config(None, overrides)
             worker = Worker.from_config(config)
             row["parameters"] = count_parameters(worker.model)
@@ -219,7 +253,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=7, help="measured rounds after one warm-up round")
     parser.add_argument("--generations", type=int, default=3, help="generations per setup per round")
-    parser.add_argument("--byte-generations", type=int, default=2, help="generations per model size for the byte counts")
+    parser.add_argument(
+        "--byte-generations", type=int, default=2, help="generations per model size for the byte counts"
+    )
     args = parser.parse_args()
 
     import ray
@@ -242,12 +278,19 @@ def main() -> int:
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
-        "workload": {"model": "gpt width 64, 2 layers, 4 heads, ff 256, context 64", "fitness_batch": "16x64",
-                     "population": speed["population_size"], "threads_per_actor": 1,
-                     "repetitions": args.repetitions, "generations_per_repetition": args.generations},
+        "workload": {
+            "model": "gpt width 64, 2 layers, 4 heads, ff 256, context 64",
+            "fitness_batch": "16x64",
+            "population": speed["population_size"],
+            "threads_per_actor": 1,
+            "repetitions": args.repetitions,
+            "generations_per_repetition": args.generations,
+        },
         "speedup_2_workers": speed["speedup_2_workers"],
         "speedup_2_workers_generation": generation["speedup_2_workers_generation"],
-        "ray_2_actors_over_in_process_2_threads_generation": generation["ray_2_actors_over_in_process_2_threads_generation"],
+        "ray_2_actors_over_in_process_2_threads_generation": generation[
+            "ray_2_actors_over_in_process_2_threads_generation"
+        ],
         "generations_per_second": generation["generations_per_second"],
         "driver_share_of_generation": generation["driver_share"],
         "ray_2_actors_over_in_process_2_threads": speed["ray_2_actors_over_in_process_2_threads"],
@@ -255,33 +298,45 @@ def main() -> int:
         "bytes_per_individual": payload,
         "vector_genome_payload": vector,
         "notes": "speedup_2_workers and individuals_per_second time evaluate() alone; the *_generation figures "
-                 "and generations_per_second time whole generations (evolm.engine.step_generation). The machine "
-                 "is shared and noisy: setups run interleaved, figures are medians of paired rounds.",
+        "and generations_per_second time whole generations (evolm.engine.step_generation). The machine "
+        "is shared and noisy: setups run interleaved, figures are medians of paired rounds.",
         "targets": {"speedup_2_workers": 1.6, "bytes_per_individual": 1024},
         "seconds": round(time.perf_counter() - started, 1),
-        "load_average_1_5_15_min": {"before": [round(x, 2) for x in load_before],
-                                    "after": [round(x, 2) for x in os.getloadavg()]},
+        "load_average_1_5_15_min": {
+            "before": [round(x, 2) for x in load_before],
+            "after": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"\nRay scaling on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
-          f"torch {result['machine']['torch']}, ray {result['machine']['ray']}")
+    print(
+        f"\nRay scaling on {result['machine']['cpu']} ({result['machine']['cores']} cores), "
+        f"torch {result['machine']['torch']}, ray {result['machine']['ray']}"
+    )
     print(f"{'setup':<24}{'individuals/s min':>18}{'median':>10}{'max':>10}")
     for name, figures in speed["individuals_per_second"].items():
         print(f"{name:<24}{figures['min']:>18.1f}{figures['median']:>10.1f}{figures['max']:>10.1f}")
-    print(f"load average before / after: {result['load_average_1_5_15_min']['before'][0]} / "
-          f"{result['load_average_1_5_15_min']['after'][0]} (on {result['machine']['cores']} cores)")
-    print(f"vector genome: {vector['bytes_per_gene']:.2f} B/gene sent (as NumPy scalars before: "
-          f"{vector['bytes_per_gene_as_numpy_scalars_before']:.2f})")
+    print(
+        f"load average before / after: {result['load_average_1_5_15_min']['before'][0]} / "
+        f"{result['load_average_1_5_15_min']['after'][0]} (on {result['machine']['cores']} cores)"
+    )
+    print(
+        f"vector genome: {vector['bytes_per_gene']:.2f} B/gene sent (as NumPy scalars before: "
+        f"{vector['bytes_per_gene_as_numpy_scalars_before']:.2f})"
+    )
     print(f"{'setup':<24}{'generations/s min':>18}{'median':>10}{'max':>10}{'driver share':>14}")
     for name, figures in generation["generations_per_second"].items():
         share = generation["driver_share"].get(name)
         share_text = f"{share['median']:.2f}" if share else "-"
         print(f"{name:<24}{figures['min']:>18.2f}{figures['median']:>10.2f}{figures['max']:>10.2f}{share_text:>14}")
-    print(f"speedup 2 actors / 1 actor, evaluate() only (median of paired ratios): {speed['speedup_2_workers']:.2f} (target >= 1.6)")
-    print(f"speedup 2 actors / 1 actor, whole generations: {generation['speedup_2_workers_generation']:.2f}; "
-          f"2 actors / in-process 2 threads: {generation['ray_2_actors_over_in_process_2_threads_generation']:.2f}")
+    print(
+        f"speedup 2 actors / 1 actor, evaluate() only (median of paired ratios): {speed['speedup_2_workers']:.2f} (target >= 1.6)"
+    )
+    print(
+        f"speedup 2 actors / 1 actor, whole generations: {generation['speedup_2_workers_generation']:.2f}; "
+        f"2 actors / in-process 2 threads: {generation['ray_2_actors_over_in_process_2_threads_generation']:.2f}"
+    )
     print(f"2 actors / in-process 2 threads, evaluate() only: {speed['ray_2_actors_over_in_process_2_threads']:.2f}")
     print(f"{'model':<10}{'parameters':>14}{'seed B/ind':>12}{'lowrank B/ind':>15}")
     for label, row in payload.items():

@@ -24,8 +24,12 @@ METHODS = {
     "es/seed": [("strategy.name", "es"), ("genome.name", "seed")],
     "es/lowrank": [("strategy.name", "es"), ("genome.name", "lowrank")],
     "ga/seed": [("strategy.name", "ga"), ("genome.name", "seed"), ("strategy.sigma", 0.02)],
-    "ga/vector": [("strategy.name", "ga"), ("genome.name", "vector"), ("genome.params", "bias|norm"),
-                  ("strategy.sigma", 0.05)],
+    "ga/vector": [
+        ("strategy.name", "ga"),
+        ("genome.name", "vector"),
+        ("genome.params", "bias|norm"),
+        ("strategy.sigma", 0.05),
+    ],
 }
 
 
@@ -41,15 +45,26 @@ def main() -> None:
         for method in args.methods.split(","):
             finals, initial, generations, evaluations = [], None, [], []
             for seed in seeds:
-                config = build_config(overrides=[*METHODS[method], ("seed", seed), ("generations", 100_000),
-                                                 ("budget_seconds", args.budget)])
-                summary = run(config, Path(folder) / f"{method.replace('/', '-')}-{seed}", progress=False, log=lambda *a: None)
+                config = build_config(
+                    overrides=[
+                        *METHODS[method],
+                        ("seed", seed),
+                        ("generations", 100_000),
+                        ("budget_seconds", args.budget),
+                    ]
+                )
+                summary = run(
+                    config, Path(folder) / f"{method.replace('/', '-')}-{seed}", progress=False, log=lambda *a: None
+                )
                 finals.append(summary["val_loss_final"])
                 initial = summary["val_loss_initial"]
                 generations.append(summary["generations"])
                 evaluations.append(summary["evaluations"])
-                print(f"{method} seed {seed}: {initial:.3f} -> {summary['val_loss_final']:.3f} "
-                      f"({summary['generations']} generations, {summary['evaluations']} evaluations)", flush=True)
+                print(
+                    f"{method} seed {seed}: {initial:.3f} -> {summary['val_loss_final']:.3f} "
+                    f"({summary['generations']} generations, {summary['evaluations']} evaluations)",
+                    flush=True,
+                )
             results[method] = {
                 "val_loss_initial": initial,
                 "val_loss_final_mean": statistics.mean(finals),
@@ -60,10 +75,19 @@ def main() -> None:
             }
     path = write_result("strategies", {"budget_seconds": args.budget, "seeds": seeds, "methods": results})
     print(f"wrote {path}")
-    print_table(["method", "val loss start", "val loss end", "generations", "evaluations"],
-                [[m, f"{r['val_loss_initial']:.3f}", f"{r['val_loss_final_mean']:.3f}" +
-                  (f" ± {r['val_loss_final_std']:.3f}" if len(seeds) > 1 else ""),
-                  ",".join(map(str, r["generations"])), ",".join(map(str, r["evaluations"]))] for m, r in results.items()])
+    print_table(
+        ["method", "val loss start", "val loss end", "generations", "evaluations"],
+        [
+            [
+                m,
+                f"{r['val_loss_initial']:.3f}",
+                f"{r['val_loss_final_mean']:.3f}" + (f" ± {r['val_loss_final_std']:.3f}" if len(seeds) > 1 else ""),
+                ",".join(map(str, r["generations"])),
+                ",".join(map(str, r["evaluations"])),
+            ]
+            for m, r in results.items()
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ from common import interleaved, print_table, summary, write_result  # noqa: E402
 
 from evolm.config import build_config  # noqa: E402
 from evolm.data import Batch  # noqa: E402
-from evolm.fitness import mean_log_likelihood  # noqa: E402
 from evolm.engine import make_worker  # noqa: E402
 from evolm.evaluators.threads import ThreadEvaluator  # noqa: E402
+from evolm.fitness import mean_log_likelihood  # noqa: E402
 from evolm.individuals import make_individual  # noqa: E402
 from evolm.models import count_parameters  # noqa: E402
 
@@ -57,7 +57,9 @@ def ask(counter, population: int) -> list:
 
 def measure(overrides, repeats: int, population: int, chunks, settings) -> dict:
     def evaluator(*extra):
-        config = build_config(overrides=[*overrides, *extra, ("evaluator.workers", 2), ("evaluator.backend", "threads")])
+        config = build_config(
+            overrides=[*overrides, *extra, ("evaluator.workers", 2), ("evaluator.backend", "threads")]
+        )
         return ThreadEvaluator(config, make_worker(config))
 
     # One evaluator per genome, each with two replicas (more models in one process would crowd the
@@ -99,8 +101,14 @@ def measure(overrides, repeats: int, population: int, chunks, settings) -> dict:
         if python_threads == 1:
             return (lambda: [mean_log_likelihood(models[0], sized) for _ in range(calls)]), tokens
         # Plain inference gets the same parallelism: each thread its own model copy and batches.
-        return (lambda: [f.result() for f in [pool.submit(lambda m=m: [mean_log_likelihood(m, sized) for _ in range(calls)])
-                                              for m in models]]), tokens
+        return (
+            lambda: [
+                f.result()
+                for f in [
+                    pool.submit(lambda m=m: [mean_log_likelihood(m, sized) for _ in range(calls)]) for m in models
+                ]
+            ]
+        ), tokens
 
     per_setting = {}
     for setting, (intra_op, python_threads) in settings.items():
@@ -108,13 +116,18 @@ def measure(overrides, repeats: int, population: int, chunks, settings) -> dict:
         # The denominator: the fastest plain forward + log-likelihood over batch shapes, timed in the
         # same interleaved rounds as the methods (a shape picked in a separate run can be unlucky).
         plains = {rows: plain(rows, python_threads) for rows in PLAIN_BATCHES}
-        functions = {**{f"plain {rows}": call for rows, (call, _) in plains.items()},
-                     **{name: evaluate(name, python_threads) for name in methods}}
+        functions = {
+            **{f"plain {rows}": call for rows, (call, _) in plains.items()},
+            **{name: evaluate(name, python_threads) for name in methods},
+        }
         times = interleaved(functions, repeats=repeats)
         rates = {rows: [tokens / t for t in times[f"plain {rows}"]] for rows, (_, tokens) in plains.items()}
         best_rows = max(rates, key=lambda rows: statistics.median(rates[rows]))
-        per_setting[setting] = {"plain_rows": best_rows, "plain": rates[best_rows],
-                                "plain_by_rows": {rows: statistics.median(r) for rows, r in rates.items()}}
+        per_setting[setting] = {
+            "plain_rows": best_rows,
+            "plain": rates[best_rows],
+            "plain_by_rows": {rows: statistics.median(r) for rows, r in rates.items()},
+        }
         for name in methods:
             per_setting[setting][name] = [population * tokens_per_individual / t for t in times[name]]
     pool.shutdown()
@@ -130,18 +143,28 @@ def measure(overrides, repeats: int, population: int, chunks, settings) -> dict:
 
     torch.set_num_threads(max(intra_op for intra_op, _ in settings.values()))
     prompt = batch.inputs[:4, :16]
-    gen_times = interleaved({
-        "256": lambda: model.generate(prompt, 256, 1.0, torch.Generator().manual_seed(0)),
-        "512": lambda: model.generate(prompt, 512, 1.0, torch.Generator().manual_seed(0)),
-    }, repeats=max(3, repeats // 2))
+    gen_times = interleaved(
+        {
+            "256": lambda: model.generate(prompt, 256, 1.0, torch.Generator().manual_seed(0)),
+            "512": lambda: model.generate(prompt, 512, 1.0, torch.Generator().manual_seed(0)),
+        },
+        repeats=max(3, repeats // 2),
+    )
     lowrank_rate = max(best["lowrank 1"], best[f"lowrank {batched_chunk}"])
     return {
         "parameters": count_parameters(model),
         "fitness_batch": list(batch.inputs.shape),
         "population": population,
-        "settings": {k: {"torch_threads": settings[k][0], "python_threads": settings[k][1], "plain_rows": r["plain_rows"],
-                         "plain_by_rows": r["plain_by_rows"], **{m: summary(r[m]) for m in methods}}
-                     for k, r in per_setting.items()},
+        "settings": {
+            k: {
+                "torch_threads": settings[k][0],
+                "python_threads": settings[k][1],
+                "plain_rows": r["plain_rows"],
+                "plain_by_rows": r["plain_by_rows"],
+                **{m: summary(r[m]) for m in methods},
+            }
+            for k, r in per_setting.items()
+        },
         "best_setting": best_setting,
         "plain_tokens_per_s": plain_rate,
         "lowrank_tokens_per_s": lowrank_rate,
@@ -175,16 +198,39 @@ def main() -> None:
     chunks = [int(c) for c in args.chunks.split(",")]
     sizes = {"default": SIZES["default"]} if args.quick else SIZES
     repeats = 3 if args.quick else args.repeats
-    results = {size: measure(overrides, repeats, args.population, chunks, settings) for size, overrides in sizes.items()}
+    results = {
+        size: measure(overrides, repeats, args.population, chunks, settings) for size, overrides in sizes.items()
+    }
     path = write_result("throughput", {"sizes": results, "repeats": repeats})
     for size, r in results.items():
         print(f"{size}: best settings " + ", ".join(f"{m} = {k}" for m, k in r["best_setting"].items()))
-    rows = [[size, f"{r['parameters']:,}", f"{r['plain_tokens_per_s']:,.0f}", f"{r['lowrank_in_place_ratio']:.2f}",
-             f"{r['lowrank_batched_ratio']:.2f} (x{r['lowrank_batched_chunk']})", f"{r['lowrank_ratio']:.2f}",
-             f"{r['seed_ratio']:.2f}", f"{r['generate_512_over_256']:.2f}"] for size, r in results.items()]
+    rows = [
+        [
+            size,
+            f"{r['parameters']:,}",
+            f"{r['plain_tokens_per_s']:,.0f}",
+            f"{r['lowrank_in_place_ratio']:.2f}",
+            f"{r['lowrank_batched_ratio']:.2f} (x{r['lowrank_batched_chunk']})",
+            f"{r['lowrank_ratio']:.2f}",
+            f"{r['seed_ratio']:.2f}",
+            f"{r['generate_512_over_256']:.2f}",
+        ]
+        for size, r in results.items()
+    ]
     print(f"wrote {path}")
-    print_table(["model", "params", "plain tok/s", "lowrank in place", "lowrank batched", "lowrank ratio", "seed ratio",
-                 "gen 512/256"], rows)
+    print_table(
+        [
+            "model",
+            "params",
+            "plain tok/s",
+            "lowrank in place",
+            "lowrank batched",
+            "lowrank ratio",
+            "seed ratio",
+            "gen 512/256",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

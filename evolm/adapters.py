@@ -7,8 +7,9 @@ adapter fixes it; :mod:`evolm.probe` then checks what a shape cannot show (row i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +17,6 @@ from torch import nn
 from evolm.errors import UsageError
 from evolm.genome import ParamSpace
 from evolm.models.base import LanguageModel
-
 
 # --- adapters: a module's raw output -> logits (batch, time, vocab) -----------------------------------
 
@@ -145,14 +145,22 @@ def check_logits(model: nn.Module, vocab: int, device) -> None:
             logits = model(tokens)
     except Exception as error:  # the user's forward failed on token ids: say so, with the first line of why
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise UsageError(f"model forward failed on token ids of shape ({batch}, {time}): {type(error).__name__}: {first}") from None
+        raise UsageError(
+            f"model forward failed on token ids of shape ({batch}, {time}): {type(error).__name__}: {first}"
+        ) from None
     if not isinstance(logits, torch.Tensor):
-        raise UsageError(f"model output (after the adapter) is a {type(logits).__name__}, not a tensor of logits; {hint}")
+        raise UsageError(
+            f"model output (after the adapter) is a {type(logits).__name__}, not a tensor of logits; {hint}"
+        )
     shape = tuple(logits.shape)
     if len(shape) != 3 or shape[:2] != (batch, time):
-        looks = "; it looks time-major: pass adapter=evolm.api.time_major" if shape[:2] == (time, batch) else f"; {hint}"
-        raise UsageError(f"model output has shape {shape} for token ids ({batch}, {time}); evolm needs logits "
-                         f"({batch}, {time}, vocab){looks}")
+        looks = (
+            "; it looks time-major: pass adapter=evolm.api.time_major" if shape[:2] == (time, batch) else f"; {hint}"
+        )
+        raise UsageError(
+            f"model output has shape {shape} for token ids ({batch}, {time}); evolm needs logits "
+            f"({batch}, {time}, vocab){looks}"
+        )
     if shape[2] < vocab:
         raise UsageError(f"model logits have {shape[2]} entries but the tokenizer's vocabulary has {vocab} tokens")
 
@@ -161,5 +169,16 @@ def model_context_of(model) -> int | None:
     return getattr(getattr(model, "config", None), "context", None)
 
 
-__all__ = ["AdaptedModel", "ModelInfo", "TimeMajorIO", "check_logits", "default_logits", "logits_from",
-           "model_context_of", "param_space", "time_major", "time_major_io", "unwrap"]
+__all__ = [
+    "AdaptedModel",
+    "ModelInfo",
+    "TimeMajorIO",
+    "check_logits",
+    "default_logits",
+    "logits_from",
+    "model_context_of",
+    "param_space",
+    "time_major",
+    "time_major_io",
+    "unwrap",
+]

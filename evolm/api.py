@@ -32,8 +32,9 @@ import copy
 import functools
 import inspect
 import numbers
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,16 +63,34 @@ CUSTOM_MODEL = "custom"  # config.model.name of a run whose module came through 
 
 # Keyword settings of evolve(): a short name, or any config field as section__field (strategy__sigma=0.05).
 SETTINGS = {
-    "generations": "generations", "seed": "seed", "device": "device", "threads": "threads", "name": "name",
-    "budget_seconds": "budget_seconds", "budget_tokens": "budget_tokens", "checkpoint_every": "checkpoint_every",
-    "strategy": "strategy.name", "population_size": "strategy.population_size", "sigma": "strategy.sigma",
-    "learning_rate": "strategy.learning_rate", "weight_decay": "strategy.weight_decay",
-    "genome": "genome.name", "params": "genome.params", "rank": "genome.rank",
-    "terms": "fitness.terms", "context": "model.context",
-    "batch_size": "data.batch_size", "val_fraction": "data.val_fraction", "val_sequences": "data.val_sequences",
-    "workers": "evaluator.workers", "ray_address": "evaluator.ray_address",
-    "threads_per_worker": "evaluator.threads_per_worker", "gpus_per_worker": "evaluator.gpus_per_worker",
-    "refine_every": "refine.every", "refine_steps": "refine.steps", "refine_mode": "refine.mode",
+    "generations": "generations",
+    "seed": "seed",
+    "device": "device",
+    "threads": "threads",
+    "name": "name",
+    "budget_seconds": "budget_seconds",
+    "budget_tokens": "budget_tokens",
+    "checkpoint_every": "checkpoint_every",
+    "strategy": "strategy.name",
+    "population_size": "strategy.population_size",
+    "sigma": "strategy.sigma",
+    "learning_rate": "strategy.learning_rate",
+    "weight_decay": "strategy.weight_decay",
+    "genome": "genome.name",
+    "params": "genome.params",
+    "rank": "genome.rank",
+    "terms": "fitness.terms",
+    "context": "model.context",
+    "batch_size": "data.batch_size",
+    "val_fraction": "data.val_fraction",
+    "val_sequences": "data.val_sequences",
+    "workers": "evaluator.workers",
+    "ray_address": "evaluator.ray_address",
+    "threads_per_worker": "evaluator.threads_per_worker",
+    "gpus_per_worker": "evaluator.gpus_per_worker",
+    "refine_every": "refine.every",
+    "refine_steps": "refine.steps",
+    "refine_mode": "refine.mode",
 }
 
 
@@ -144,7 +163,9 @@ class CallableFitness:
         value = self.function(module, generation=generation) if self._generation else self.function(module)
         values = _as_values(value, f"fitness function {self.name}")
         if len(values) != self.objectives:
-            raise UsageError(f"fitness function {self.name} returned {len(values)} values; this strategy needs one number")
+            raise UsageError(
+                f"fitness function {self.name} returned {len(values)} values; this strategy needs one number"
+            )
         return tuple(finite_or_worst(v) for v in values)
 
     def report(self, model: nn.Module, generation: int) -> dict:
@@ -159,9 +180,19 @@ def _user_validation(model: nn.Module, function: Callable) -> float:
     return float(function(unwrap(model)))
 
 
-def build_worker(config, model: nn.Module, *, adapter: Callable | None = None, fitness: Callable | None = None,
-                 tokenizer=None, corpus: Corpus | None = None, context: int | None = None,
-                 validation: Callable | None = None, params: str | None = None, probe: bool = False):
+def build_worker(
+    config,
+    model: nn.Module,
+    *,
+    adapter: Callable | None = None,
+    fitness: Callable | None = None,
+    tokenizer=None,
+    corpus: Corpus | None = None,
+    context: int | None = None,
+    validation: Callable | None = None,
+    params: str | None = None,
+    probe: bool = False,
+):
     """A :class:`~evolm.worker.Worker` around any module: corpus (``tokenizer``), parameter space, genome,
     fitness (``fitness`` callable, or the configured corpus terms), center optimiser and validation loss.
 
@@ -180,7 +211,9 @@ def build_worker(config, model: nn.Module, *, adapter: Callable | None = None, f
     if not isinstance(model, nn.Module):
         raise UsageError(f"model must be a torch.nn.Module (or a factory returning one), got {type(model).__name__}")
     if context is not None and config.model.context > context:
-        raise UsageError(f"config field model.context ({config.model.context}) exceeds the model's max_context ({context})")
+        raise UsageError(
+            f"config field model.context ({config.model.context}) exceeds the model's max_context ({context})"
+        )
     if adapter is None and isinstance(model, LanguageModel):
         language_model = model
     else:
@@ -188,7 +221,9 @@ def build_worker(config, model: nn.Module, *, adapter: Callable | None = None, f
     language_model = language_model.to(device).eval()
     tokenizer = tokenizer or ByteTokenizer()
     if not (callable(getattr(tokenizer, "encode", None)) and callable(getattr(tokenizer, "decode", None))):
-        raise UsageError(f"tokenizer must offer encode(text) -> ids and decode(ids) -> text, got {type(tokenizer).__name__}")
+        raise UsageError(
+            f"tokenizer must offer encode(text) -> ids and decode(ids) -> text, got {type(tokenizer).__name__}"
+        )
     uses_text = fitness is None or bool(config.data.path) or corpus is not None
     validation_fn = None
     if uses_text:
@@ -204,14 +239,22 @@ def build_worker(config, model: nn.Module, *, adapter: Callable | None = None, f
     else:
         corpus = NoCorpus()
         if config.refine.every:
-            raise UsageError("config field refine.every: gradient refinement needs text; pass data= (a corpus file) "
-                             "or leave refinement off with a fitness function")
+            raise UsageError(
+                "config field refine.every: gradient refinement needs text; pass data= (a corpus file) "
+                "or leave refinement off with a fitness function"
+            )
     if validation is not None:
         validation_fn = functools.partial(_user_validation, function=validation)
     space = param_space(language_model, params or config.genome.params)
     scorer = CallableFitness(fitness) if fitness is not None else build_fitness(config, corpus, device, language_model)
-    worker = Worker(language_model, space, make_genome(config, space), scorer,
-                    functools.partial(make_center_optimizer, config=config), validation=validation_fn)
+    worker = Worker(
+        language_model,
+        space,
+        make_genome(config, space),
+        scorer,
+        functools.partial(make_center_optimizer, config=config),
+        validation=validation_fn,
+    )
     worker.corpus = corpus
     worker.device = device
     worker.config = config
@@ -256,8 +299,13 @@ class ModuleWorkerFactory(_RecordingFactory):
         self.probe = probe
 
     def parts(self) -> dict:
-        return {"model factory": self.model, "adapter": self.adapter, "fitness function": self.fitness,
-                "tokenizer": self.tokenizer, "validation function": self.validation}
+        return {
+            "model factory": self.model,
+            "adapter": self.adapter,
+            "fitness function": self.fitness,
+            "tokenizer": self.tokenizer,
+            "validation function": self.validation,
+        }
 
     def build_module(self, config) -> nn.Module:
         if isinstance(self.model, nn.Module):
@@ -265,14 +313,23 @@ class ModuleWorkerFactory(_RecordingFactory):
         with scoped_torch_seed(config.seed):
             module = self.model()
         if not isinstance(module, nn.Module):
-            raise UsageError(f"model factory {getattr(self.model, '__qualname__', self.model)!r} returned a "
-                             f"{type(module).__name__}, not a torch.nn.Module")
+            raise UsageError(
+                f"model factory {getattr(self.model, '__qualname__', self.model)!r} returned a "
+                f"{type(module).__name__}, not a torch.nn.Module"
+            )
         return module
 
     def __call__(self, config):
-        worker = build_worker(config, self.build_module(config), adapter=self.adapter, fitness=self.fitness,
-                              tokenizer=self.tokenizer, context=self.context, validation=self.validation,
-                              probe=self.probe)
+        worker = build_worker(
+            config,
+            self.build_module(config),
+            adapter=self.adapter,
+            fitness=self.fitness,
+            tokenizer=self.tokenizer,
+            context=self.context,
+            validation=self.validation,
+            probe=self.probe,
+        )
         self.probe = False
         return self._record(worker)
 
@@ -325,8 +382,10 @@ def _settings_overrides(settings: dict) -> list[tuple[str, Any]]:
         elif "__" in key:
             overrides.append((key.replace("__", "."), value))
         else:
-            raise UsageError(f"evolve() got an unknown setting {key!r} (use one of {', '.join(sorted(SETTINGS))}, "
-                             f"or any config field as section__field, e.g. strategy__sigma=0.05)")
+            raise UsageError(
+                f"evolve() got an unknown setting {key!r} (use one of {', '.join(sorted(SETTINGS))}, "
+                f"or any config field as section__field, e.g. strategy__sigma=0.05)"
+            )
     return overrides
 
 
@@ -348,7 +407,9 @@ def _validated(config, model_name: str):
     return config
 
 
-def make_config(config=None, *, data=None, fitness_terms: str | None = None, overrides=(), settings: dict | None = None):
+def make_config(
+    config=None, *, data=None, fitness_terms: str | None = None, overrides=(), settings: dict | None = None
+):
     """A :class:`~evolm.config.RunConfig` (validated later, by :func:`evolve`): defaults, then ``config`` (a
     RunConfig, a TOML path or a mapping), ``data``, ``overrides`` (``"key=value"`` strings or pairs) and keyword
     ``settings``, in that order."""
@@ -389,28 +450,54 @@ def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, vali
         from evolm.models.hf import is_hf
 
         if model in MODEL_NAMES:
-            given = [name for name, value in (("adapter=", adapter), ("tokenizer=", tokenizer), ("max_context=", context),
-                                              ("a fitness function", fitness), ("validation=", validation)) if value is not None]
+            given = [
+                name
+                for name, value in (
+                    ("adapter=", adapter),
+                    ("tokenizer=", tokenizer),
+                    ("max_context=", context),
+                    ("a fitness function", fitness),
+                    ("validation=", validation),
+                )
+                if value is not None
+            ]
             if given:
-                raise UsageError(f"the built-in model {model!r} is set up by config fields (model.*, fitness.terms), "
-                                 f"as for evolm run: drop {', '.join(given)}")
+                raise UsageError(
+                    f"the built-in model {model!r} is set up by config fields (model.*, fitness.terms), "
+                    f"as for evolm run: drop {', '.join(given)}"
+                )
             return None, model
         if not is_hf(model):
-            raise UsageError(f"model {model!r}: a model given by name must be one of the built-in models "
-                             f"({', '.join(MODEL_NAMES)}) or hf:PATH (a local Hugging Face checkpoint folder)")
+            raise UsageError(
+                f"model {model!r}: a model given by name must be one of the built-in models "
+                f"({', '.join(MODEL_NAMES)}) or hf:PATH (a local Hugging Face checkpoint folder)"
+            )
         if adapter is not None or tokenizer is not None or context is not None:
-            raise UsageError("a Hugging Face model brings its own output layout, tokenizer and context: "
-                             "drop adapter=, tokenizer= and max_context=")
+            raise UsageError(
+                "a Hugging Face model brings its own output layout, tokenizer and context: "
+                "drop adapter=, tokenizer= and max_context="
+            )
         return HFWorkerFactory(fitness, validation), model
     if isinstance(model, nn.Module):
         if config.evaluator.workers or config.evaluator.ray_address:
-            raise UsageError("on Ray (evaluator.workers > 0) pass the model as a zero-argument factory (its class, or "
-                             "functools.partial(MyModel, ...)) so that every actor builds its own, not a module instance")
+            raise UsageError(
+                "on Ray (evaluator.workers > 0) pass the model as a zero-argument factory (its class, or "
+                "functools.partial(MyModel, ...)) so that every actor builds its own, not a module instance"
+            )
     elif not callable(model):
-        raise UsageError(f"model must be a torch.nn.Module, a zero-argument factory returning one, a built-in model "
-                         f"name (gpt, lstm) or 'hf:PATH'; got {type(model).__name__}")
-    return ModuleWorkerFactory(model, adapter=adapter, fitness=fitness, tokenizer=tokenizer, context=context,
-                               validation=validation, probe=probe), CUSTOM_MODEL
+        raise UsageError(
+            f"model must be a torch.nn.Module, a zero-argument factory returning one, a built-in model "
+            f"name (gpt, lstm) or 'hf:PATH'; got {type(model).__name__}"
+        )
+    return ModuleWorkerFactory(
+        model,
+        adapter=adapter,
+        fitness=fitness,
+        tokenizer=tokenizer,
+        context=context,
+        validation=validation,
+        probe=probe,
+    ), CUSTOM_MODEL
 
 
 def _check_ray_ready(factory, config) -> None:
@@ -422,9 +509,24 @@ def _check_ray_ready(factory, config) -> None:
     check_picklable({"worker factory": factory}, where)
 
 
-def evolve(model, *, data=None, fitness=None, adapter=None, tokenizer=None, max_context=None, validation=None,
-           config=None, out=None, overrides=(), overwrite=False, progress=False, log=print, probe=True,
-           **settings) -> dict:
+def evolve(
+    model,
+    *,
+    data=None,
+    fitness=None,
+    adapter=None,
+    tokenizer=None,
+    max_context=None,
+    validation=None,
+    config=None,
+    out=None,
+    overrides=(),
+    overwrite=False,
+    progress=False,
+    log=print,
+    probe=True,
+    **settings,
+) -> dict:
     """Evolve ``model``; returns the run summary (also in ``OUT/summary.json``).
 
     - ``model``: an ``nn.Module`` (evolved in place), a zero-argument factory returning one (needed for Ray),
@@ -454,22 +556,45 @@ def evolve(model, *, data=None, fitness=None, adapter=None, tokenizer=None, max_
     terms = fitness if isinstance(fitness, str) else None
     user_fitness = None if isinstance(fitness, str) else fitness
     if user_fitness is not None and not callable(user_fitness):
-        raise UsageError(f"fitness must be a callable fitness(model) -> float or a terms string, got {type(fitness).__name__}")
+        raise UsageError(
+            f"fitness must be a callable fitness(model) -> float or a terms string, got {type(fitness).__name__}"
+        )
     run_config = make_config(config, data=data, fitness_terms=terms, overrides=overrides, settings=settings)
-    factory, model_name = _worker_factory(model, run_config, adapter=adapter, fitness=user_fitness, tokenizer=tokenizer,
-                                          context=max_context, validation=validation, probe=probe)
+    factory, model_name = _worker_factory(
+        model,
+        run_config,
+        adapter=adapter,
+        fitness=user_fitness,
+        tokenizer=tokenizer,
+        context=max_context,
+        validation=validation,
+        probe=probe,
+    )
     _validated(run_config, model_name)
     if user_fitness is not None and run_config.strategy.name == "nsga2":
-        raise UsageError("config field strategy.name: nsga2 scores each configured fitness term as an objective; "
-                         "with a fitness function use es, ga or cmaes")
+        raise UsageError(
+            "config field strategy.name: nsga2 scores each configured fitness term as an objective; "
+            "with a fitness function use es, ga or cmaes"
+        )
     _check_ray_ready(factory, run_config)
     out_dir = Path(out) if out else default_run_dir(run_config)  # runs/<strategy>-<model>-seed<seed>-<time>
     summary = run(run_config, out_dir=out_dir, overwrite=overwrite, progress=progress, log=log, worker_factory=factory)
     return _finish(summary, factory)
 
 
-def resume(run_dir, model=None, *, fitness=None, adapter=None, tokenizer=None, max_context=None, validation=None,
-           progress=False, log=print, probe=True) -> dict:
+def resume(
+    run_dir,
+    model=None,
+    *,
+    fitness=None,
+    adapter=None,
+    tokenizer=None,
+    max_context=None,
+    validation=None,
+    progress=False,
+    log=print,
+    probe=True,
+) -> dict:
     """Continue an interrupted run from its last checkpoint: any run ``evolm run`` or :func:`evolve` started.
 
     A run of a built-in model (gpt, lstm) or of ``hf:PATH`` needs only ``run_dir`` (its ``config.toml`` names
@@ -482,15 +607,27 @@ def resume(run_dir, model=None, *, fitness=None, adapter=None, tokenizer=None, m
     recorded = config.model.name
     if model is None:
         if recorded == CUSTOM_MODEL:
-            raise UsageError(f"run folder {run_dir} evolved a module given to evolm.evolve: pass the same model "
-                             f"(factory) to resume(), e.g. evolm.resume(run_dir, MyModel, adapter=...)")
+            raise UsageError(
+                f"run folder {run_dir} evolved a module given to evolm.evolve: pass the same model "
+                f"(factory) to resume(), e.g. evolm.resume(run_dir, MyModel, adapter=...)"
+            )
         model = recorded
     elif (isinstance(model, str) and recorded == CUSTOM_MODEL) or (recorded != CUSTOM_MODEL and model != recorded):
         what = "a module given to evolm.evolve" if recorded == CUSTOM_MODEL else repr(recorded)
-        raise UsageError(f"run folder {run_dir} evolved {what} (its config.toml), not {model!r}: "
-                         + ("pass that module (factory)" if recorded == CUSTOM_MODEL else "leave model= out"))
-    factory, _ = _worker_factory(model, config, adapter=adapter, fitness=fitness, tokenizer=tokenizer,
-                                 context=max_context, validation=validation, probe=probe)
+        raise UsageError(
+            f"run folder {run_dir} evolved {what} (its config.toml), not {model!r}: "
+            + ("pass that module (factory)" if recorded == CUSTOM_MODEL else "leave model= out")
+        )
+    factory, _ = _worker_factory(
+        model,
+        config,
+        adapter=adapter,
+        fitness=fitness,
+        tokenizer=tokenizer,
+        context=max_context,
+        validation=validation,
+        probe=probe,
+    )
     _check_ray_ready(factory, config)
     return _finish(engine_resume(run_dir, progress=progress, log=log, worker_factory=factory), factory)
 
@@ -504,8 +641,9 @@ def _finish(summary: dict, factory) -> dict:
     return summary
 
 
-def sample_from_worker(worker, genes=None, prompt: str = "\n", tokens: int = 200, temperature: float = 0.8,
-                       seed: int = 0) -> str | None:
+def sample_from_worker(
+    worker, genes=None, prompt: str = "\n", tokens: int = 200, temperature: float = 0.8, seed: int = 0
+) -> str | None:
     """Text the worker's model writes after ``prompt`` with ``genes`` applied; None when it has no tokenizer
     (a fitness-function run without text) or cannot generate."""
     tokenizer = getattr(worker, "tokenizer", None)
@@ -534,7 +672,7 @@ def load_weights(module: nn.Module, run_dir, weights: str | Path | None = None) 
     if set(state) != expected:
         for prefix in (AdaptedModel.inner_prefix, "model."):
             if all(name.startswith(prefix) for name in state):
-                stripped = {name[len(prefix):]: tensor for name, tensor in state.items()}
+                stripped = {name[len(prefix) :]: tensor for name, tensor in state.items()}
                 if set(stripped) == expected:
                     state = stripped
                     break
@@ -547,7 +685,20 @@ def load_weights(module: nn.Module, run_dir, weights: str | Path | None = None) 
 
 
 __all__ = [
-    "AdaptedModel", "CallableFitness", "ModuleWorkerFactory", "TimeMajorIO", "build_worker", "check_picklable",
-    "evolve", "load_corpus", "load_weights", "logits_from", "make_config", "param_space", "resume",
-    "sample_from_worker", "time_major", "time_major_io",
+    "AdaptedModel",
+    "CallableFitness",
+    "ModuleWorkerFactory",
+    "TimeMajorIO",
+    "build_worker",
+    "check_picklable",
+    "evolve",
+    "load_corpus",
+    "load_weights",
+    "logits_from",
+    "make_config",
+    "param_space",
+    "resume",
+    "sample_from_worker",
+    "time_major",
+    "time_major_io",
 ]

@@ -84,10 +84,22 @@ def _sha256(data: bytes) -> str:
 
 # safetensors' dtype names (its format specification); a dtype not listed cannot be saved.
 SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.complex64: "C64", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-    torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.complex64: "C64",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.uint16: "U16",
+    torch.uint32: "U32",
+    torch.uint64: "U64",
 }
 
 
@@ -114,7 +126,11 @@ def _safetensors_header(tensors: dict[str, torch.Tensor], metadata: dict[str, st
     for name in order:
         tensor = tensors[name]
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
@@ -132,7 +148,9 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.view(torch.uint8).numpy())
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> tuple[int, str]:
+def write_safetensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Write ``tensors`` as a safetensors file, streaming one tensor at a time; returns (bytes, SHA-256 hex).
 
     safetensors' own ``save``/``save_file`` first build every tensor's bytes in memory (a second copy
@@ -265,13 +283,17 @@ def _read_manifest(folder: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UsageError(f"checkpoint file {path} is not an evolm checkpoint manifest")
     if manifest.get("version") != VERSION:
-        raise UsageError(f"checkpoint file {path} has format version {manifest.get('version')!r}; this evolm reads {VERSION}")
+        raise UsageError(
+            f"checkpoint file {path} has format version {manifest.get('version')!r}; this evolm reads {VERSION}"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict) or set(files) != set(_DATA_FILES):
         raise UsageError(f"checkpoint file {path} must list exactly {', '.join(_DATA_FILES)}; refusing it")
     for name in _DATA_FILES:
         entry = files[name]
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
+        if not (
+            isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)
+        ):
             raise UsageError(f"checkpoint file {path} has a malformed entry for {name}")
     lines = manifest.get("metrics_lines")
     if not isinstance(lines, int) or isinstance(lines, bool) or lines < 0:
@@ -287,7 +309,9 @@ def _verified_bytes(folder: Path, name: str, entry: dict) -> bytes:
             f"checkpoint file {path} has {len(data)} bytes but its manifest records {entry['bytes']} (truncated or tampered); refusing it"
         )
     if _sha256(data) != entry["sha256"]:
-        raise UsageError(f"checkpoint file {path} does not match the SHA-256 in its manifest (tampered or corrupt); refusing it")
+        raise UsageError(
+            f"checkpoint file {path} does not match the SHA-256 in its manifest (tampered or corrupt); refusing it"
+        )
     return data
 
 
@@ -307,7 +331,9 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         tensors = load_safetensors_bytes(tensor_bytes)
     except (SafetensorError, ValueError, RuntimeError) as error:
         message = (str(error).splitlines() or [type(error).__name__])[0][:160]
-        raise UsageError(f"checkpoint file {folder / TENSORS_FILE} is not a valid safetensors file: {message}") from None
+        raise UsageError(
+            f"checkpoint file {folder / TENSORS_FILE} is not a valid safetensors file: {message}"
+        ) from None
     try:
         state = json.loads(state_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -413,7 +439,7 @@ def unpack_tree(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return [decode(v) for v in value]
         if isinstance(value, dict):
             if len(value) == 1:
-                (key, inner), = value.items()
+                ((key, inner),) = value.items()
                 if key == "__tensor__":
                     return tensor(inner)
                 if key == "__ndarray__":
@@ -461,8 +487,13 @@ def individual_to_tree(individual) -> dict:
     genes = np.asarray(individual).view(np.ndarray).copy() if vector else list(individual)
     fitness = list(individual.fitness.values) if individual.fitness.valid else None
     attributes = {k: v for k, v in vars(individual).items() if k != "fitness"}
-    return {"kind": "vector" if vector else "list", "objectives": objectives, "genes": genes, "fitness": fitness,
-            "attributes": attributes}
+    return {
+        "kind": "vector" if vector else "list",
+        "objectives": objectives,
+        "genes": genes,
+        "fitness": fitness,
+        "attributes": attributes,
+    }
 
 
 def individual_from_tree(tree: dict):
@@ -479,7 +510,9 @@ def individual_from_tree(tree: dict):
         raise UsageError("checkpoint state holds a malformed individual") from None
     if not isinstance(objectives, int) or not 1 <= objectives <= MAX_OBJECTIVES or kind not in ("list", "vector"):
         raise UsageError("checkpoint state holds a malformed individual")
-    individual = make_vector_individual(genes, objectives) if kind == "vector" else make_individual(list(genes), objectives)
+    individual = (
+        make_vector_individual(genes, objectives) if kind == "vector" else make_individual(list(genes), objectives)
+    )
     if fitness is not None:
         individual.fitness.values = tuple(float(v) for v in fitness)
     attributes = tree.get("attributes") or {}
@@ -520,12 +553,19 @@ def torch_rng_from_json(data: dict, generator: torch.Generator | None = None) ->
     try:
         generator.set_state(state)
     except (RuntimeError, ValueError) as error:
-        raise UsageError(f"checkpoint state holds a torch RNG state this generator refuses: {str(error).splitlines()[0]}") from None
+        raise UsageError(
+            f"checkpoint state holds a torch RNG state this generator refuses: {str(error).splitlines()[0]}"
+        ) from None
     return generator
 
 
-_BIT_GENERATORS = {"PCG64": np.random.PCG64, "PCG64DXSM": np.random.PCG64DXSM, "MT19937": np.random.MT19937,
-                   "Philox": np.random.Philox, "SFC64": np.random.SFC64}
+_BIT_GENERATORS = {
+    "PCG64": np.random.PCG64,
+    "PCG64DXSM": np.random.PCG64DXSM,
+    "MT19937": np.random.MT19937,
+    "Philox": np.random.Philox,
+    "SFC64": np.random.SFC64,
+}
 
 
 def _numpy_encode(value: Any) -> Any:
@@ -567,7 +607,11 @@ def numpy_rng_from_json(data: dict, rng=None):
     if rng is None:
         if name not in _BIT_GENERATORS:
             raise UsageError(f"checkpoint state holds a numpy RNG state of unknown bit generator {name!r}")
-        rng = np.random.RandomState(_BIT_GENERATORS[name]()) if data.get("legacy") else np.random.Generator(_BIT_GENERATORS[name]())
+        rng = (
+            np.random.RandomState(_BIT_GENERATORS[name]())
+            if data.get("legacy")
+            else np.random.Generator(_BIT_GENERATORS[name]())
+        )
     try:
         if isinstance(rng, np.random.RandomState):
             rng.set_state(state)

@@ -6,8 +6,8 @@ User mistakes print one line ``evolm: error: ...`` and exit 2; never a traceback
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import sys
+from pathlib import Path
 
 from evolm.config import STRATEGY_DEFAULTS, build_config, parse_assignment, strategy_defaults
 from evolm.errors import UsageError
@@ -21,47 +21,94 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE.toml", help="TOML file of settings (see config.toml in any run folder)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field by its dotted name, e.g. --set model.width=128 (repeatable)")
-    parser.add_argument("--model", choices=None, metavar="gpt|lstm|hf:PATH",
-                        help="model family (default gpt: the small causal Transformer), or hf:PATH, a local Hugging Face "
-                             "causal LM checkpoint folder (needs pip install 'evolm[hf]')")
-    parser.add_argument("--data", metavar="PATH", help="UTF-8 text file or folder of .txt files (default: CPython's bundled docs)")
-    parser.add_argument("--strategy", metavar="NAME", help="es (OpenAI-ES, default), ga, nsga2, cmaes or pbt (population-based "
-                        "training); it also chooses the defaults of the settings you leave unset (see below)")
-    parser.add_argument("--population-size", type=str, metavar="N",
-                        help=f"individuals per generation (default by strategy: {_default_by_strategy('strategy.population_size')})")
+    parser.add_argument(
+        "--config", metavar="FILE.toml", help="TOML file of settings (see config.toml in any run folder)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field by its dotted name, e.g. --set model.width=128 (repeatable)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=None,
+        metavar="gpt|lstm|hf:PATH",
+        help="model family (default gpt: the small causal Transformer), or hf:PATH, a local Hugging Face "
+        "causal LM checkpoint folder (needs pip install 'evolm[hf]')",
+    )
+    parser.add_argument(
+        "--data", metavar="PATH", help="UTF-8 text file or folder of .txt files (default: CPython's bundled docs)"
+    )
+    parser.add_argument(
+        "--strategy",
+        metavar="NAME",
+        help="es (OpenAI-ES, default), ga, nsga2, cmaes or pbt (population-based "
+        "training); it also chooses the defaults of the settings you leave unset (see below)",
+    )
+    parser.add_argument(
+        "--population-size",
+        type=str,
+        metavar="N",
+        help=f"individuals per generation (default by strategy: {_default_by_strategy('strategy.population_size')})",
+    )
     parser.add_argument("--generations", type=str, metavar="N", help="number of generations")
     parser.add_argument("--seed", type=str, metavar="N", help="run seed: the same seed gives the same metrics")
     parser.add_argument("--device", metavar="cpu|cuda", help="where the model runs (default cpu)")
-    parser.add_argument("--fitness", metavar="TERMS", help='fitness terms and weights, e.g. "likelihood=1,self=0.5,diversity=0.2"')
-    parser.add_argument("--genome", metavar="NAME", help="genome encoding: seed, lowrank or vector "
-                        f"(default by strategy: {_default_by_strategy('genome.name')})")
-    parser.add_argument("--params", metavar="REGEX", help="which parameters evolve: names matching this pattern (default by "
-                        f"strategy: {_default_by_strategy('genome.params')}; for hf:PATH, .* means the last block's "
-                        "attention and MLP)")
-    parser.add_argument("--workers", metavar="N", help="evaluate on N workers: Ray actors (a local Ray runtime unless "
-                        "--ray-address), or in-process threads with --backend threads")
+    parser.add_argument(
+        "--fitness", metavar="TERMS", help='fitness terms and weights, e.g. "likelihood=1,self=0.5,diversity=0.2"'
+    )
+    parser.add_argument(
+        "--genome",
+        metavar="NAME",
+        help=f"genome encoding: seed, lowrank or vector (default by strategy: {_default_by_strategy('genome.name')})",
+    )
+    parser.add_argument(
+        "--params",
+        metavar="REGEX",
+        help="which parameters evolve: names matching this pattern (default by "
+        f"strategy: {_default_by_strategy('genome.params')}; for hf:PATH, .* means the last block's "
+        "attention and MLP)",
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        help="evaluate on N workers: Ray actors (a local Ray runtime unless "
+        "--ray-address), or in-process threads with --backend threads",
+    )
     parser.add_argument("--backend", metavar="ray|threads", help="where --workers run (default ray)")
     parser.add_argument("--ray-address", metavar="auto|HOST:PORT", help="join an existing Ray cluster")
     parser.add_argument("--gpus-per-worker", metavar="G", help="GPUs per Ray actor (fractions allowed)")
     parser.add_argument("--refine-every", metavar="K", help="gradient refinement every K generations (default 0: off)")
     parser.add_argument("--refine-steps", metavar="N", help="gradient steps per refinement (default 10)")
-    parser.add_argument("--refine-mode", metavar="lamarckian|baldwinian", help="write refined weights back, or keep only the fitness")
+    parser.add_argument(
+        "--refine-mode", metavar="lamarckian|baldwinian", help="write refined weights back, or keep only the fitness"
+    )
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/<name>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="allow --out to replace an earlier run's files")
-    parser.add_argument("--tensorboard", action="store_const", const="true", default=None,
-                        help="also write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
-    parser.add_argument("--checkpoint-every", metavar="N",
-                        help="write a checkpoint every N generations (default -1: auto, by the checkpoint's cost, at most about 5%% of the run; 0: none, resume then starts over)")
+    parser.add_argument(
+        "--tensorboard",
+        action="store_const",
+        const="true",
+        default=None,
+        help="also write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        metavar="N",
+        help="write a checkpoint every N generations (default -1: auto, by the checkpoint's cost, at most about 5%% of the run; 0: none, resume then starts over)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _default_by_strategy(key: str) -> str:
     """``"cmaes 24, pbt 8, others 48"``: the value ``key`` takes under each strategy when left unset."""
     common = strategy_defaults("es")[key]
-    special = [f"{name} {strategy_defaults(name)[key]}" for name in STRATEGY_DEFAULTS if strategy_defaults(name)[key] != common]
+    special = [
+        f"{name} {strategy_defaults(name)[key]}" for name in STRATEGY_DEFAULTS if strategy_defaults(name)[key] != common
+    ]
     return ", ".join([*special, f"others {common}"])
 
 
@@ -81,48 +128,96 @@ Choosing a strategy chooses working defaults for what you leave unset; anything 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="evolm", description="Evolutionary optimisation of language models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run_parser = commands.add_parser("run", help="evolve a language model", description="Evolve a language model.",
-                                     epilog=STRATEGY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_parser = commands.add_parser(
+        "run",
+        help="evolve a language model",
+        description="Evolve a language model.",
+        epilog=STRATEGY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_run_arguments(run_parser)
-    resume_parser = commands.add_parser("resume", help="continue an interrupted run from its last checkpoint",
-                                        description="Continue an interrupted run; its metrics end as an uninterrupted run's would.")
+    resume_parser = commands.add_parser(
+        "resume",
+        help="continue an interrupted run from its last checkpoint",
+        description="Continue an interrupted run; its metrics end as an uninterrupted run's would.",
+    )
     resume_parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds config.toml and checkpoint/)")
     resume_parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    sample_parser = commands.add_parser("sample", help="print text from a finished run's model",
-                                        description="Print text sampled from a finished run's model.safetensors.")
+    sample_parser = commands.add_parser(
+        "sample",
+        help="print text from a finished run's model",
+        description="Print text sampled from a finished run's model.safetensors.",
+    )
     sample_parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
     sample_parser.add_argument("--prompt", default="", metavar="TEXT", help="text to continue (default: a newline)")
-    sample_parser.add_argument("--tokens", type=int, default=200, metavar="N", help="tokens to generate: bytes, or a Hugging Face model's tokens (default 200)")
-    sample_parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature; 0 is greedy (default 0.8)")
+    sample_parser.add_argument(
+        "--tokens",
+        type=int,
+        default=200,
+        metavar="N",
+        help="tokens to generate: bytes, or a Hugging Face model's tokens (default 200)",
+    )
+    sample_parser.add_argument(
+        "--temperature", type=float, default=0.8, metavar="T", help="sampling temperature; 0 is greedy (default 0.8)"
+    )
     sample_parser.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default 0)")
-    plot_parser = commands.add_parser("plot", help="write fitness.png of a run",
-                                      description="Plot best/mean fitness, validation loss and diversity per generation.")
+    plot_parser = commands.add_parser(
+        "plot",
+        help="write fitness.png of a run",
+        description="Plot best/mean fitness, validation loss and diversity per generation.",
+    )
     plot_parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (holds metrics.jsonl)")
     plot_parser.add_argument("--out", metavar="FILE.png", help="image path (default RUN_DIR/fitness.png)")
-    compare_parser = commands.add_parser("compare", help="evolution vs gradient baselines on one budget",
-                                         description="Run methods side by side on the same corpus, model, initial "
-                                                     "weights and budget; writes compare.md, compare.json, compare.png.")
-    compare_parser.add_argument("--methods", default="es,ga,hybrid,pbt,adam,reinforce,mezo", metavar="LIST",
-                                help="comma-separated: es, ga, hybrid (es + gradient refinement), pbt, adam, reinforce, mezo")
+    compare_parser = commands.add_parser(
+        "compare",
+        help="evolution vs gradient baselines on one budget",
+        description="Run methods side by side on the same corpus, model, initial "
+        "weights and budget; writes compare.md, compare.json, compare.png.",
+    )
+    compare_parser.add_argument(
+        "--methods",
+        default="es,ga,hybrid,pbt,adam,reinforce,mezo",
+        metavar="LIST",
+        help="comma-separated: es, ga, hybrid (es + gradient refinement), pbt, adam, reinforce, mezo",
+    )
     compare_parser.add_argument("--budget-seconds", type=str, metavar="S", help="wall seconds per run")
     compare_parser.add_argument("--budget-tokens", type=str, metavar="N", help="forward tokens per run")
     compare_parser.add_argument("--seeds", type=str, default="1", metavar="K", help="seeds per method (default 1)")
-    compare_parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                                help="config override applied to every method, e.g. --set threads=1")
+    compare_parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override applied to every method, e.g. --set threads=1",
+    )
     compare_parser.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
     return parser
 
 
 def _overrides_from_args(args) -> list[tuple[str, str]]:
     overrides = [parse_assignment(item) for item in args.overrides]
-    for option, key in (("model", "model.name"), ("data", "data.path"), ("strategy", "strategy.name"),
-                        ("population_size", "strategy.population_size"), ("generations", "generations"),
-                        ("seed", "seed"), ("device", "device"), ("fitness", "fitness.terms"),
-                        ("genome", "genome.name"), ("params", "genome.params"), ("workers", "evaluator.workers"),
-                        ("backend", "evaluator.backend"), ("ray_address", "evaluator.ray_address"),
-                        ("gpus_per_worker", "evaluator.gpus_per_worker"),
-                        ("refine_every", "refine.every"), ("refine_steps", "refine.steps"), ("refine_mode", "refine.mode"),
-                        ("checkpoint_every", "checkpoint_every"), ("tensorboard", "tensorboard")):
+    for option, key in (
+        ("model", "model.name"),
+        ("data", "data.path"),
+        ("strategy", "strategy.name"),
+        ("population_size", "strategy.population_size"),
+        ("generations", "generations"),
+        ("seed", "seed"),
+        ("device", "device"),
+        ("fitness", "fitness.terms"),
+        ("genome", "genome.name"),
+        ("params", "genome.params"),
+        ("workers", "evaluator.workers"),
+        ("backend", "evaluator.backend"),
+        ("ray_address", "evaluator.ray_address"),
+        ("gpus_per_worker", "evaluator.gpus_per_worker"),
+        ("refine_every", "refine.every"),
+        ("refine_steps", "refine.steps"),
+        ("refine_mode", "refine.mode"),
+        ("checkpoint_every", "checkpoint_every"),
+        ("tensorboard", "tensorboard"),
+    ):
         value = getattr(args, option)
         if value is not None:
             overrides.append((key, value))
@@ -147,7 +242,9 @@ def command_resume(args) -> int:
 def command_sample(args) -> int:
     from evolm.sampling import printable, sample_text
 
-    text = sample_text(args.run_dir, prompt=args.prompt, tokens=args.tokens, temperature=args.temperature, seed=args.seed)
+    text = sample_text(
+        args.run_dir, prompt=args.prompt, tokens=args.tokens, temperature=args.temperature, seed=args.seed
+    )
     print(args.prompt + printable(text))
     return 0
 
@@ -187,8 +284,13 @@ def command_compare(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        commands = {"run": command_run, "resume": command_resume, "sample": command_sample, "plot": command_plot,
-                    "compare": command_compare}
+        commands = {
+            "run": command_run,
+            "resume": command_resume,
+            "sample": command_sample,
+            "plot": command_plot,
+            "compare": command_compare,
+        }
         return commands[args.command](args)
     except UsageError as error:
         print(f"evolm: error: {error}", file=sys.stderr)

@@ -45,8 +45,8 @@ COMMON = [("fitness.scorer", "reference"), ("generations", "1000000")]
 COLUMNS = {
     "val_loss_final": "validation loss of the final weights (nats per token), mean over seeds; val_loss_std its std",
     "reference_score": "mean log-likelihood per token that the frozen initial model gives the final model's continuations "
-                       "of fixed validation prompts (the same judge, prompts, lengths, temperature and sampling seed for "
-                       "every method), mean over seeds; reference_score_std its std",
+    "of fixed validation prompts (the same judge, prompts, lengths, temperature and sampling seed for "
+    "every method), mean over seeds; reference_score_std its std",
     "self_score": "the final model's own mean log-likelihood per token of those same continuations (the model judges itself)",
     "distinct_2": "distinct bigrams / bigrams of those same continuations",
     "forward_tokens": "tokens through forward passes for fitness or training (validation and reports excluded), mean over seeds",
@@ -80,14 +80,21 @@ def run_one(method: str, seed: int, out_dir: Path, overrides, budget_seconds, bu
         summary = run(build_config(overrides=settings), out_dir, progress=False, log=quiet)
         summary["peak_rss_mb"] = peak_rss_mb()
     else:
-        summary = BASELINES[method](build_config(overrides=settings), out_dir, budget_seconds=budget_seconds,
-                                    budget_tokens=budget_tokens, log=quiet)
+        summary = BASELINES[method](
+            build_config(overrides=settings),
+            out_dir,
+            budget_seconds=budget_seconds,
+            budget_tokens=budget_tokens,
+            log=quiet,
+        )
     return summary
 
 
 def _child(argv: list[str]) -> None:
     method, seed, out_dir, spec = argv[0], int(argv[1]), Path(argv[2]), json.loads(argv[3])
-    summary = run_one(method, seed, out_dir, [tuple(p) for p in spec["overrides"]], spec["budget_seconds"], spec["budget_tokens"])
+    summary = run_one(
+        method, seed, out_dir, [tuple(p) for p in spec["overrides"]], spec["budget_seconds"], spec["budget_tokens"]
+    )
     print("EVOLM-SUMMARY " + json.dumps(summary, default=str))
 
 
@@ -105,15 +112,25 @@ class Judge:
         from evolm.config import build_config
         from evolm.worker import Worker
 
-        config = build_config(overrides=[*COMMON, *overrides, ("seed", seed),
-                                         ("fitness.terms", "self=1"), ("fitness.scorer", "reference")])
+        config = build_config(
+            overrides=[
+                *COMMON,
+                *overrides,
+                ("seed", seed),
+                ("fitness.terms", "self=1"),
+                ("fitness.scorer", "reference"),
+            ]
+        )
         self.worker = Worker.from_config(config)
         self.initial = self._figures(self.worker.model)  # the initial model judging its own text
 
     def _figures(self, model) -> dict:
         figures = self.worker.fitness.report(model, -1)
-        return {"reference_score": figures["reference_score"], "self_score": figures["self_score"],
-                "distinct_2": figures["distinct_2"]}
+        return {
+            "reference_score": figures["reference_score"],
+            "self_score": figures["self_score"],
+            "distinct_2": figures["distinct_2"],
+        }
 
     def __call__(self, run_dir: Path) -> dict:
         """Judge the final weights a run left in ``run_dir``."""
@@ -124,33 +141,49 @@ class Judge:
 
 def _curve(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{"wall_seconds": r["wall_seconds"], "forward_tokens": r["forward_tokens"], "val_loss": r["val_loss"]} for r in rows]
+    return [
+        {"wall_seconds": r["wall_seconds"], "forward_tokens": r["forward_tokens"], "val_loss": r["val_loss"]}
+        for r in rows
+    ]
 
 
-def compare(methods, out_dir: Path, seeds: int = 1, budget_seconds: float | None = None, budget_tokens: int | None = None,
-            overrides=(), log=print) -> list[dict]:
+def compare(
+    methods,
+    out_dir: Path,
+    seeds: int = 1,
+    budget_seconds: float | None = None,
+    budget_tokens: int | None = None,
+    overrides=(),
+    log=print,
+) -> list[dict]:
     if not budget_seconds and not budget_tokens:
         raise UsageError("evolm compare needs a budget: --budget-seconds S or --budget-tokens N")
     out_dir = Path(out_dir)
     if (out_dir / "compare.json").exists():
         raise UsageError(f"output folder {out_dir} already holds a comparison; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = json.dumps({"overrides": [list(p) for p in overrides], "budget_seconds": budget_seconds, "budget_tokens": budget_tokens})
+    spec = json.dumps(
+        {"overrides": [list(p) for p in overrides], "budget_seconds": budget_seconds, "budget_tokens": budget_tokens}
+    )
     rows, curves, judges = [], {}, {}
     for method in methods:
         summaries, failure = [], None
         for seed in range(seeds):
             run_dir = out_dir / f"{method}-seed{seed}"
             log(f"evolm compare: {method} seed {seed} ...")
-            result = subprocess.run([sys.executable, "-m", "evolm.compare", "--child", method, str(seed), str(run_dir), spec],
-                                    capture_output=True, text=True, check=False)
+            result = subprocess.run(
+                [sys.executable, "-m", "evolm.compare", "--child", method, str(seed), str(run_dir), spec],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             lines = [line for line in result.stdout.splitlines() if line.startswith("EVOLM-SUMMARY ")]
             if result.returncode != 0 or not lines:
                 # One failing method never costs the others' results: it becomes a row saying why.
                 failure = (result.stderr.strip().splitlines() or ["no output"])[-1]
                 log(f"evolm compare: {method} seed {seed} failed: {failure}")
                 break
-            summary = json.loads(lines[-1][len("EVOLM-SUMMARY "):])
+            summary = json.loads(lines[-1][len("EVOLM-SUMMARY ") :])
             try:
                 if seed not in judges:
                     judges[seed] = Judge(overrides, seed)
@@ -165,30 +198,36 @@ def compare(methods, out_dir: Path, seeds: int = 1, budget_seconds: float | None
             rows.append({"method": method, "error": failure})
             continue
         finals = [s["val_loss_final"] for s in summaries]
+
         def mean(key, summaries=summaries):
             return statistics.mean(float(s[key]) for s in summaries if s.get(key) is not None)
 
         def judged(key, summaries=summaries):
             return [s["judged"][key] for s in summaries]
 
-        rows.append({
-            "method": method,
-            "val_loss_final": statistics.mean(finals),
-            "val_loss_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
-            "reference_score": _mean(judged("reference_score")),
-            "reference_score_std": _std(judged("reference_score")),
-            "self_score": _mean(judged("self_score")),
-            "distinct_2": _mean(judged("distinct_2")),
-            "forward_tokens": mean("forward_tokens"),
-            "wall_seconds": mean("wall_seconds"),
-            "peak_rss_mb": max(float(s["peak_rss_mb"]) for s in summaries),
-            "seeds": seeds,
-        })
-        log(f"evolm compare: {method}: validation loss {rows[-1]['val_loss_final']:.3f} ± {rows[-1]['val_loss_std']:.3f}")
+        rows.append(
+            {
+                "method": method,
+                "val_loss_final": statistics.mean(finals),
+                "val_loss_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+                "reference_score": _mean(judged("reference_score")),
+                "reference_score_std": _std(judged("reference_score")),
+                "self_score": _mean(judged("self_score")),
+                "distinct_2": _mean(judged("distinct_2")),
+                "forward_tokens": mean("forward_tokens"),
+                "wall_seconds": mean("wall_seconds"),
+                "peak_rss_mb": max(float(s["peak_rss_mb"]) for s in summaries),
+                "seeds": seeds,
+            }
+        )
+        log(
+            f"evolm compare: {method}: validation loss {rows[-1]['val_loss_final']:.3f} ± {rows[-1]['val_loss_std']:.3f}"
+        )
     budget = f"{budget_seconds:g} s" if budget_seconds else f"{budget_tokens:,} forward tokens"
     judge = {
         "scorer": "the frozen initial model (the same config and seed as every method's start)",
-        "prompts": REPORT_PROMPTS, "new_tokens": REPORT_NEW_TOKENS,
+        "prompts": REPORT_PROMPTS,
+        "new_tokens": REPORT_NEW_TOKENS,
         "sampling_seed": "derive_seed(seed, 'fitness-report'), the same for every method of a seed",
         # The initial model judging its own continuations: where every method starts.
         "initial": {key: _mean([j.initial[key] for j in judges.values()]) for key in ("reference_score", "distinct_2")},
@@ -196,8 +235,15 @@ def compare(methods, out_dir: Path, seeds: int = 1, budget_seconds: float | None
     if judges:
         config = next(iter(judges.values())).worker.fitness
         judge.update(prompt_tokens=config.prompt_tokens, temperature=config.temperature)
-    document = {"budget": budget, "seeds": seeds, "columns": COLUMNS, "judge": judge, "rows": rows,
-                "machine": machine(), "command": invoking_command()}
+    document = {
+        "budget": budget,
+        "seeds": seeds,
+        "columns": COLUMNS,
+        "judge": judge,
+        "rows": rows,
+        "machine": machine(),
+        "command": invoking_command(),
+    }
     (out_dir / "compare.json").write_text(json.dumps(_json_ready(document), indent=2) + "\n")
     (out_dir / "compare.md").write_text(markdown_table(rows, budget, seeds, judge["initial"]))
     plot_comparison(curves, out_dir / "compare.png")
@@ -212,8 +258,11 @@ def machine() -> dict:
 
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
@@ -253,17 +302,25 @@ def _json_ready(value):
 def markdown_table(rows: list[dict], budget: str, seeds: int, initial: dict | None = None) -> str:
     start = ""
     if initial and initial.get("reference_score") is not None and math.isfinite(initial["reference_score"]):
-        start = (f" At the start (the initial model judging its own text): reference score "
-                 f"{initial['reference_score']:.3f}, distinct-2 {initial['distinct_2']:.3f}.")
-    lines = [f"Budget: {budget} per run, {seeds} seed(s); mean (± std) over seeds.", "",
-             "Val loss: validation loss of the final weights (nats per token). The final model continues fixed "
-             "validation prompts with seeded sampling, the same prompts, lengths, temperature and seed for every "
-             "method; reference score: mean log-likelihood per token of those continuations under the frozen "
-             "initial model (one judge for all methods); own score: the final model's own log-likelihood of the "
-             "same continuations; distinct-2: distinct bigrams / bigrams of the same continuations." + start, "",
-             ("| method | val loss | reference score (frozen initial model) | own score (model judges itself) "
-              "| distinct-2 | forward tokens | wall s | peak RSS MB |"),
-             "|---|---|---|---|---|---|---|---|"]
+        start = (
+            f" At the start (the initial model judging its own text): reference score "
+            f"{initial['reference_score']:.3f}, distinct-2 {initial['distinct_2']:.3f}."
+        )
+    lines = [
+        f"Budget: {budget} per run, {seeds} seed(s); mean (± std) over seeds.",
+        "",
+        "Val loss: validation loss of the final weights (nats per token). The final model continues fixed "
+        "validation prompts with seeded sampling, the same prompts, lengths, temperature and seed for every "
+        "method; reference score: mean log-likelihood per token of those continuations under the frozen "
+        "initial model (one judge for all methods); own score: the final model's own log-likelihood of the "
+        "same continuations; distinct-2: distinct bigrams / bigrams of the same continuations." + start,
+        "",
+        (
+            "| method | val loss | reference score (frozen initial model) | own score (model judges itself) "
+            "| distinct-2 | forward tokens | wall s | peak RSS MB |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def number(value) -> str:
         return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
@@ -272,10 +329,12 @@ def markdown_table(rows: list[dict], budget: str, seeds: int, initial: dict | No
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error'].replace('|', '/')} | | | | | | |")
             continue
-        lines.append(f"| {r['method']} | {r['val_loss_final']:.3f} ± {r['val_loss_std']:.3f} "
-                     f"| {number(r['reference_score'])} ± {number(r['reference_score_std'])} | {number(r['self_score'])} "
-                     f"| {number(r['distinct_2'])} | {r['forward_tokens']:,.0f} | {r['wall_seconds']:.1f} "
-                     f"| {r['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['method']} | {r['val_loss_final']:.3f} ± {r['val_loss_std']:.3f} "
+            f"| {number(r['reference_score'])} ± {number(r['reference_score_std'])} | {number(r['self_score'])} "
+            f"| {number(r['distinct_2'])} | {r['forward_tokens']:,.0f} | {r['wall_seconds']:.1f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -291,9 +350,13 @@ def plot_comparison(curves: dict, path: Path) -> None:
         for index, curve in enumerate(runs):
             label = method if index == 0 else None
             by_time.plot([p["wall_seconds"] for p in curve], [p["val_loss"] for p in curve], color=color, label=label)
-            by_tokens.plot([p["forward_tokens"] for p in curve], [p["val_loss"] for p in curve], color=color, label=label)
+            by_tokens.plot(
+                [p["forward_tokens"] for p in curve], [p["val_loss"] for p in curve], color=color, label=label
+            )
     by_time.set(xlabel="wall seconds", ylabel="validation loss (nats)", title="against wall time")
-    by_tokens.set(xlabel="forward tokens", ylabel="validation loss (nats)", title="against forward tokens", xscale="log")
+    by_tokens.set(
+        xlabel="forward tokens", ylabel="validation loss (nats)", title="against forward tokens", xscale="log"
+    )
     by_time.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)

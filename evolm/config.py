@@ -40,9 +40,13 @@ class StrategyConfig:
     name: str = "es"
     # population_size and sigma: None (unset) means the chosen strategy's default (STRATEGY_DEFAULTS), set by validate()
     population_size: int | None = None  # must be even for es (antithetic pairs)
-    sigma: float | None = None  # noise scale (Salimans et al. 2017 use 0.02); ga/nsga2: initial mutation scale; cmaes: initial step size
+    sigma: float | None = (
+        None  # noise scale (Salimans et al. 2017 use 0.02); ga/nsga2: initial mutation scale; cmaes: initial step size
+    )
     learning_rate: float = 0.01  # step size on the ES gradient estimate (Salimans et al. use 0.01 with Adam)
-    optimizer: str = "adam"  # es center step: adam (Salimans et al. 2017) | sgd (plain step, Qiu et al. 2025; no optimiser state)
+    optimizer: str = (
+        "adam"  # es center step: adam (Salimans et al. 2017) | sgd (plain step, Qiu et al. 2025; no optimiser state)
+    )
     weight_decay: float = 0.0  # L2 coefficient applied with the Adam step
     # ga / nsga2 (sigma is the initial mutation scale; it adapts by the 1/5th success rule)
     elites: int = 2  # best individuals copied unchanged into the next generation (ga)
@@ -90,7 +94,9 @@ EVALUATOR_BACKENDS = ("ray", "threads")
 @dataclass
 class EvaluatorConfig:
     workers: int = 0  # 0: in-process, one worker; N: N workers on the backend below
-    backend: str = "ray"  # ray: N Ray actors (a local runtime unless ray_address is set); threads: N in-process replicas
+    backend: str = (
+        "ray"  # ray: N Ray actors (a local runtime unless ray_address is set); threads: N in-process replicas
+    )
     ray_address: str = ""  # "auto" or HOST:PORT of an existing Ray cluster
     threads_per_worker: int = 1  # torch threads inside each actor (threads backend: each replica's forwards)
     gpus_per_worker: float = 0.0  # fractional GPUs per actor, e.g. 0.25
@@ -123,8 +129,12 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     # CMA-ES keeps a size x size covariance and decomposes it every generation, so it searches an explicit
     # vector over a small subset: the LayerNorm gains and biases and the output bias (896 genes on the default
     # model, 256 on the LSTM). 24 is Hansen's lambda = 4 + 3 ln(896); sigma 0.3 measured best of 0.02 / 0.1 / 0.3.
-    "cmaes": {"genome.name": "vector", "genome.params": "norm|head.bias", "strategy.population_size": 24,
-              "strategy.sigma": 0.3},
+    "cmaes": {
+        "genome.name": "vector",
+        "genome.params": "norm|head.bias",
+        "strategy.population_size": 24,
+        "strategy.sigma": 0.3,
+    },
     # Each PBT member holds its own copy of the evolving weights and Adam's two moments: members x 3 x the
     # weight bytes. Jaderberg et al. 2017 and Ray Tune's examples use 4-20 members.
     "pbt": {"strategy.population_size": 8},
@@ -155,7 +165,9 @@ class RunConfig:
     name: str = ""  # run name; "" derives one from the strategy, model and seed
     threads: int = 0  # torch threads; 0 leaves torch's default
     checkpoint_every: int = -1  # -1: auto (when 20x the last checkpoint's time has passed: <= 5% of the run; always the last); N: every N generations; 0: none (resume starts over)
-    tensorboard: bool = False  # also log metrics as TensorBoard scalars under RUN_DIR/tensorboard (needs the tensorboard package)
+    tensorboard: bool = (
+        False  # also log metrics as TensorBoard scalars under RUN_DIR/tensorboard (needs the tensorboard package)
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -292,10 +304,22 @@ def validate(config: RunConfig) -> None:
     from evolm.strategies import STRATEGIES
 
     if config.strategy.name not in STRATEGIES:
-        raise UsageError(f"config field strategy.name: unknown strategy {config.strategy.name!r} (choose from {', '.join(STRATEGIES)})")
+        raise UsageError(
+            f"config field strategy.name: unknown strategy {config.strategy.name!r} (choose from {', '.join(STRATEGIES)})"
+        )
     resolve_strategy_defaults(config)
-    for key in ("generations", "data.batch_size", "data.val_sequences", "strategy.population_size",
-                "model.context", "model.width", "model.layers", "model.heads", "model.ff", "strategy.sigma"):
+    for key in (
+        "generations",
+        "data.batch_size",
+        "data.val_sequences",
+        "strategy.population_size",
+        "model.context",
+        "model.width",
+        "model.layers",
+        "model.heads",
+        "model.ff",
+        "strategy.sigma",
+    ):
         obj = config
         for part in key.split("."):
             obj = getattr(obj, part)
@@ -306,17 +330,25 @@ def validate(config: RunConfig) -> None:
         if not config.model.name[3:]:
             raise UsageError("config field model.name: hf: needs a checkpoint folder, e.g. --model hf:./my-gpt2")
     elif config.model.name not in (*MODEL_NAMES, "custom"):  # custom: a module given to the Python API (evolm.evolve)
-        raise UsageError(f"config field model.name: unknown model {config.model.name!r} "
-                         f"(choose from {', '.join(MODEL_NAMES)}, or hf:PATH for a local Hugging Face checkpoint)")
+        raise UsageError(
+            f"config field model.name: unknown model {config.model.name!r} "
+            f"(choose from {', '.join(MODEL_NAMES)}, or hf:PATH for a local Hugging Face checkpoint)"
+        )
     if config.model.name == "gpt" and config.model.width % config.model.heads:
-        raise UsageError(f"config field model.width ({config.model.width}) must be divisible by model.heads ({config.model.heads})")
+        raise UsageError(
+            f"config field model.width ({config.model.width}) must be divisible by model.heads ({config.model.heads})"
+        )
     if config.tensorboard:
         import importlib.util
 
         if importlib.util.find_spec("tensorboard") is None:
-            raise UsageError("config field tensorboard is on but the tensorboard package is not installed (pip install tensorboard)")
+            raise UsageError(
+                "config field tensorboard is on but the tensorboard package is not installed (pip install tensorboard)"
+            )
     if config.checkpoint_every < -1:
-        raise UsageError(f"config field checkpoint_every must be -1 (auto), 0 (no checkpoints) or positive, got {config.checkpoint_every}")
+        raise UsageError(
+            f"config field checkpoint_every must be -1 (auto), 0 (no checkpoints) or positive, got {config.checkpoint_every}"
+        )
     if config.strategy.optimizer not in ("adam", "sgd"):
         raise UsageError(f"config field strategy.optimizer must be adam or sgd, got {config.strategy.optimizer!r}")
     if config.threads < 0:
@@ -330,24 +362,34 @@ def validate(config: RunConfig) -> None:
     except re.error as error:
         raise UsageError(f"config field genome.params is not a valid regular expression: {error}") from None
     if config.evaluator.workers < 0:
-        raise UsageError(f"config field evaluator.workers must be 0 (in-process) or positive, got {config.evaluator.workers}")
+        raise UsageError(
+            f"config field evaluator.workers must be 0 (in-process) or positive, got {config.evaluator.workers}"
+        )
     if config.evaluator.backend not in EVALUATOR_BACKENDS:
-        raise UsageError(f"config field evaluator.backend: unknown backend {config.evaluator.backend!r} "
-                         f"(choose from {', '.join(EVALUATOR_BACKENDS)})")
+        raise UsageError(
+            f"config field evaluator.backend: unknown backend {config.evaluator.backend!r} "
+            f"(choose from {', '.join(EVALUATOR_BACKENDS)})"
+        )
     if config.evaluator.backend == "threads" and config.evaluator.ray_address:
-        raise UsageError("config field evaluator.ray_address: the threads backend runs on this machine only; "
-                         "drop the address or use evaluator.backend = ray")
+        raise UsageError(
+            "config field evaluator.ray_address: the threads backend runs on this machine only; "
+            "drop the address or use evaluator.backend = ray"
+        )
     from evolm.fitness import validate_fitness_config
 
     validate_fitness_config(config)
     from evolm.genome import GENOMES
 
     if config.genome.name not in GENOMES:
-        raise UsageError(f"config field genome.name: unknown genome {config.genome.name!r} (choose from {', '.join(GENOMES)})")
+        raise UsageError(
+            f"config field genome.name: unknown genome {config.genome.name!r} (choose from {', '.join(GENOMES)})"
+        )
     _positive(config.genome.rank, "genome.rank")
     if config.genome.batch_individuals < 0:
-        raise UsageError(f"config field genome.batch_individuals must be 0 (by device) or positive, "
-                         f"got {config.genome.batch_individuals}")
+        raise UsageError(
+            f"config field genome.batch_individuals must be 0 (by device) or positive, "
+            f"got {config.genome.batch_individuals}"
+        )
     if config.budget_tokens < 0:
         raise UsageError(f"config field budget_tokens must be 0 (no budget) or positive, got {config.budget_tokens}")
     if config.budget_seconds < 0:

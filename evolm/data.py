@@ -73,7 +73,7 @@ class Batch:
     inputs: torch.Tensor  # (batch, context) long
     targets: torch.Tensor  # (batch, context) long
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(self.inputs.to(device), self.targets.to(device))
 
     @property
@@ -99,7 +99,7 @@ class Corpus:
                 )
 
     @classmethod
-    def load(cls, path: str | Path | None, context: int, val_fraction: float = 0.1) -> "Corpus":
+    def load(cls, path: str | Path | None, context: int, val_fraction: float = 0.1) -> Corpus:
         text = load_corpus_text(path)
         return cls(ByteTokenizer().encode(text), context, val_fraction, source=str(path) if path else "embedded")
 

@@ -141,17 +141,23 @@ class Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc="generation", unit="gen", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=initial, desc="generation", unit="gen", file=sys.stderr, dynamic_ncols=True
+            )
 
     def update(self, metrics: dict) -> None:
         if self.bar is not None:
             transport = {}
             if "evaluator_actors_alive" in metrics:  # Ray: actors alive, individuals/s, bytes sent this generation
-                transport = {"actors": metrics["evaluator_actors_alive"],
-                             "ind_per_s": f"{metrics['evaluator_individuals_per_second']:.0f}",
-                             "sent": f"{metrics['evaluator_bytes_sent']}B"}
+                transport = {
+                    "actors": metrics["evaluator_actors_alive"],
+                    "ind_per_s": f"{metrics['evaluator_individuals_per_second']:.0f}",
+                    "sent": f"{metrics['evaluator_bytes_sent']}B",
+                }
             self.bar.set_postfix(
-                best=f"{metrics['best_fitness']:.3f}", mean=f"{metrics['mean_fitness']:.3f}", val=f"{metrics['val_loss']:.3f}",
+                best=f"{metrics['best_fitness']:.3f}",
+                mean=f"{metrics['mean_fitness']:.3f}",
+                val=f"{metrics['val_loss']:.3f}",
                 **transport,
             )
             self.bar.update(1)
@@ -161,8 +167,9 @@ class Progress:
             self.bar.close()
 
 
-def run(config, out_dir: Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
-        worker_factory=None) -> dict:
+def run(
+    config, out_dir: Path | None = None, overwrite: bool = False, progress: bool = True, log=print, worker_factory=None
+) -> dict:
     """Run an evolution described by ``config``; returns the summary (also written to ``summary.json``).
 
     ``worker_factory(config) -> Worker`` builds the worker (model, genome, fitness) instead of
@@ -214,13 +221,17 @@ def _checkpoint_payload(worker, strategy, state: dict, metrics_lines: int) -> di
     optimizer = worker.optimizer_state()  # the live state: sync_state would clone every weight
     optimizer_tensors, optimizer_state = pack_tree(optimizer, "optimizer") if optimizer is not None else ({}, None)
     state = {**state, "strategy": strategy_state, "optimizer": optimizer_state}
-    return {"tensors": {**tensors, **strategy_tensors, **optimizer_tensors}, "state": state, "metrics_lines": metrics_lines}
+    return {
+        "tensors": {**tensors, **strategy_tensors, **optimizer_tensors},
+        "state": state,
+        "metrics_lines": metrics_lines,
+    }
 
 
 def _restore(worker, strategy, checkpoint: dict, run_dir: Path) -> dict:
     """Load a checkpoint into the driver's worker and the strategy; returns its JSON state."""
     tensors, state = checkpoint["tensors"], checkpoint["state"]
-    model_state = {name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")}
+    model_state = {name[len("model.") :]: t for name, t in tensors.items() if name.startswith("model.")}
     expected = worker.model.state_dict()
     if set(model_state) != set(expected) or any(model_state[k].shape != v.shape for k, v in expected.items()):
         raise UsageError(f"checkpoint in {run_dir} does not match the model in {run_dir / 'config.toml'}")
@@ -282,8 +293,10 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         val_loss_initial, report_initial = state["val_loss_initial"], state["report_initial"]
         started = time.perf_counter() - state["wall_seconds"]
         metrics: dict = _last_metrics(metrics_path)
-        log(f"evolm: resuming {out_dir} at generation {first} of {config.generations} "
-            f"(dropped {dropped} metrics lines written after the checkpoint)")
+        log(
+            f"evolm: resuming {out_dir} at generation {first} of {config.generations} "
+            f"(dropped {dropped} metrics lines written after the checkpoint)"
+        )
     else:
         started = time.perf_counter()
         first, evaluations, tokens_before, metrics = 0, 0, 0, {}
@@ -329,8 +342,9 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
                 }
                 metrics_file.write(json.dumps({k: json_number(v) for k, v in metrics.items()}) + "\n")
                 metrics_file.flush()
-                out_of_time = (bool(config.budget_seconds) and time.perf_counter() - started >= config.budget_seconds) or (
-                    bool(config.budget_tokens) and metrics["forward_tokens"] >= config.budget_tokens)
+                out_of_time = (
+                    bool(config.budget_seconds) and time.perf_counter() - started >= config.budget_seconds
+                ) or (bool(config.budget_tokens) and metrics["forward_tokens"] >= config.budget_tokens)
                 last = out_of_time or generation + 1 == config.generations
                 checkpoint_cost = {"checkpoint_bytes": 0, "checkpoint_seconds": 0.0}
                 if cadence.due(generation, last):
@@ -347,7 +361,10 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
                     save_checkpoint(out_dir, _checkpoint_payload(worker, strategy, counters, generation + 1))
                     seconds = time.perf_counter() - checkpoint_started
                     cadence.done(seconds)
-                    checkpoint_cost = {"checkpoint_bytes": _checkpoint_bytes(out_dir), "checkpoint_seconds": round(seconds, 3)}
+                    checkpoint_cost = {
+                        "checkpoint_bytes": _checkpoint_bytes(out_dir),
+                        "checkpoint_seconds": round(seconds, 3),
+                    }
                     last_checkpoint = checkpoint_cost
                 bar.update(metrics)
                 if board is not None:

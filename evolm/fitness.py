@@ -221,7 +221,9 @@ def parse_terms(text: str) -> list[tuple[str, float]]:
         except ValueError:
             weight = math.nan
         if not (math.isfinite(weight) and weight >= 0):
-            raise UsageError(f"config field fitness.terms: weight of {name!r} must be a non-negative number, got {weight_text!r}")
+            raise UsageError(
+                f"config field fitness.terms: weight of {name!r} must be a non-negative number, got {weight_text!r}"
+            )
         terms.append((name, weight))
     if not any(weight > 0 for _, weight in terms):
         raise UsageError(f"config field fitness.terms: every weight in {text!r} is 0; at least one term must count")
@@ -245,13 +247,17 @@ def validate_fitness_config(config) -> None:
     if not (math.isfinite(fitness.temperature) and fitness.temperature >= 0):
         raise UsageError(f"config field fitness.temperature must be 0 (greedy) or positive, got {fitness.temperature}")
     if fitness.scorer not in SCORERS:
-        raise UsageError(f"config field fitness.scorer: unknown scorer {fitness.scorer!r} (choose from {', '.join(SCORERS)})")
+        raise UsageError(
+            f"config field fitness.scorer: unknown scorer {fitness.scorer!r} (choose from {', '.join(SCORERS)})"
+        )
     if not math.isfinite(fitness.margin):
         raise UsageError(f"config field fitness.margin must be a finite number, got {fitness.margin}")
     names = {name for name, weight in parse_terms(fitness.terms) if weight > 0}
     if "novelty" in names and config.strategy.name == "pbt":
-        raise UsageError("config field fitness.terms: the novelty term needs a population scored together, "
-                         "and pbt scores its members one by one; drop novelty or choose es, ga, nsga2 or cmaes")
+        raise UsageError(
+            "config field fitness.terms: the novelty term needs a population scored together, "
+            "and pbt scores its members one by one; drop novelty or choose es, ga, nsga2 or cmaes"
+        )
 
 
 # --- the fitness object -------------------------------------------------------------------------
@@ -469,7 +475,9 @@ class Fitness:
             "diversity": diversity_score(continuations),
         }
         if self.reference is not None:
-            figures["reference_score"] = continuation_log_likelihood(self.reference, prompts, continuations, self.context_length)
+            figures["reference_score"] = continuation_log_likelihood(
+                self.reference, prompts, continuations, self.context_length
+            )
         return figures
 
 

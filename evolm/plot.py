@@ -98,8 +98,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if _has(rows, "mean_fitness") and _has(rows, "std_fitness"):
         mean = [_value(r, "mean_fitness") for r in rows]
         std = [_value(r, "std_fitness") for r in rows]
-        fitness_axis.fill_between(generations, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                  alpha=0.2, label="mean ± std")
+        fitness_axis.fill_between(
+            generations,
+            [m - s for m, s in zip(mean, std)],
+            [m + s for m, s in zip(mean, std)],
+            alpha=0.2,
+            label="mean ± std",
+        )
     fitness_axis.set_ylabel("fitness")
     fitness_axis.set_title(f"{run_dir.name}: fitness per generation")
 

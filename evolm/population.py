@@ -67,8 +67,9 @@ class PopulationDelta:
                         delta[i].add_(genome.noise(seed, index).reshape(-1), alpha=scale)
                 self.deltas[name] = delta.to(tensor.device, tensor.dtype)
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, name: str,
-               bias_name: str | None = None) -> torch.Tensor:
+    def linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, name: str, bias_name: str | None = None
+    ) -> torch.Tensor:
         """``x``: (P, N, in) -> (P, N, out), each individual with its own perturbed weight and bias."""
         population, count, features = x.shape
         factors = self.factors.get(f"{name}.weight" if bias_name is None else name)
@@ -78,7 +79,11 @@ class PopulationDelta:
         elif delta is not None:
             bias = delta
         if factors is None:
-            return F.linear(x, weight, bias) if bias is None or bias.dim() == 1 else F.linear(x, weight).add_(bias.unsqueeze(1))
+            return (
+                F.linear(x, weight, bias)
+                if bias is None or bias.dim() == 1
+                else F.linear(x, weight).add_(bias.unsqueeze(1))
+            )
         a, b = factors
         if features < count:
             # Folded path: each individual's W + A_i B_i^T, then one batched matmul with the bias fused in.
@@ -104,13 +109,18 @@ class PopulationDelta:
         return F.embedding(tokens.unsqueeze(0) + offsets, tables.reshape(-1, weight.shape[1]))
 
     def layer_norm(self, x: torch.Tensor, module, name: str) -> torch.Tensor:
-        weight = module.weight.unsqueeze(0) + self.deltas[f"{name}.weight"] if f"{name}.weight" in self.deltas else module.weight
+        weight = (
+            module.weight.unsqueeze(0) + self.deltas[f"{name}.weight"]
+            if f"{name}.weight" in self.deltas
+            else module.weight
+        )
         bias = module.bias.unsqueeze(0) + self.deltas[f"{name}.bias"] if f"{name}.bias" in self.deltas else module.bias
         if weight.dim() == 1 and bias.dim() == 1:
             return F.layer_norm(x, module.normalized_shape, weight, bias, eps=module.eps)
         normed = F.layer_norm(x, module.normalized_shape, eps=module.eps)
-        return torch.addcmul(bias.unsqueeze(1) if bias.dim() == 2 else bias, normed,
-                             weight.unsqueeze(1) if weight.dim() == 2 else weight)
+        return torch.addcmul(
+            bias.unsqueeze(1) if bias.dim() == 2 else bias, normed, weight.unsqueeze(1) if weight.dim() == 2 else weight
+        )
 
 
 @torch.no_grad()
@@ -128,7 +138,9 @@ def gpt_population_logits(model: GPT, tokens: torch.Tensor, delta: PopulationDel
         qkv = delta.linear(h, block.attn.qkv.weight, block.attn.qkv.bias, f"{prefix}.attn.qkv")
         width = x.shape[-1]
         heads = block.attn.heads
-        q, k, v = (t.view(population * batch, time, heads, width // heads).transpose(1, 2) for t in qkv.split(width, dim=2))
+        q, k, v = (
+            t.view(population * batch, time, heads, width // heads).transpose(1, 2) for t in qkv.split(width, dim=2)
+        )
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         attended = attended.transpose(1, 2).reshape(population, batch * time, width)
         x = x + delta.linear(attended, block.attn.proj.weight, block.attn.proj.bias, f"{prefix}.attn.proj")

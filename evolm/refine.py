@@ -45,9 +45,13 @@ def validate_refine_config(config) -> None:
     if refine.learning_rate <= 0:
         raise UsageError(f"config field refine.learning_rate must be positive, got {refine.learning_rate}")
     if config.strategy.name not in ("es", "ga", "nsga2"):
-        raise UsageError(f"config field refine.every: refinement works with es, ga or nsga2, not {config.strategy.name!r}")
+        raise UsageError(
+            f"config field refine.every: refinement works with es, ga or nsga2, not {config.strategy.name!r}"
+        )
     if config.genome.name == "vector":
-        raise UsageError("config field refine.every: refinement needs a seed or lowrank genome (vector genes cannot absorb it)")
+        raise UsageError(
+            "config field refine.every: refinement needs a seed or lowrank genome (vector genes cannot absorb it)"
+        )
 
 
 def refinement_loss(model, config, generator: torch.Generator, corpus, device) -> torch.Tensor:
@@ -60,15 +64,19 @@ def refinement_loss(model, config, generator: torch.Generator, corpus, device) -
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            continuation = model.generate(prompts, config.fitness.generate_tokens, config.fitness.temperature, generator)
+            continuation = model.generate(
+                prompts, config.fitness.generate_tokens, config.fitness.temperature, generator
+            )
         model.train(was_training)
         sequence = torch.cat([prompts, continuation], dim=1)
         context = getattr(getattr(model, "config", None), "context", None)
         if context:
-            sequence = sequence[:, -(context + 1):]
+            sequence = sequence[:, -(context + 1) :]
         own_logits = model(sequence[:, :-1])
-        own = -F.cross_entropy(own_logits[:, -continuation.shape[1]:].reshape(-1, own_logits.shape[-1]),
-                               sequence[:, -continuation.shape[1]:].reshape(-1))
+        own = -F.cross_entropy(
+            own_logits[:, -continuation.shape[1] :].reshape(-1, own_logits.shape[-1]),
+            sequence[:, -continuation.shape[1] :].reshape(-1),
+        )
         real = -loss
         loss = loss + torch.clamp(config.fitness.margin + own - real, min=0.0)
     return loss
@@ -155,4 +163,11 @@ def maybe_refine(config, strategy, worker, evaluator, generation: int) -> dict:
     return {"refined_fitness": refined[0], "extra_forward_tokens": refinement_tokens(config)}
 
 
-__all__ = ["RefineUpdate", "maybe_refine", "refine_in_place", "refinement_loss", "validate_refine_config", "torch_generator"]
+__all__ = [
+    "RefineUpdate",
+    "maybe_refine",
+    "refine_in_place",
+    "refinement_loss",
+    "validate_refine_config",
+    "torch_generator",
+]

@@ -57,8 +57,10 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     if config.model.name == "custom":
-        raise UsageError(f"run folder {run_dir} evolved a module given to the Python API; evolm cannot rebuild it: "
-                         f"load the weights into your module with evolm.load_weights(module, {str(run_dir)!r})")
+        raise UsageError(
+            f"run folder {run_dir} evolved a module given to the Python API; evolm cannot rebuild it: "
+            f"load the weights into your module with evolm.load_weights(module, {str(run_dir)!r})"
+        )
     path = Path(weights) if weights is not None else _run_file(run_dir, WEIGHTS_FILE, " (the run has not finished)")
     try:
         state = load_file(str(path), device="cpu")
@@ -96,8 +98,12 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
 def printable(text: str) -> str:
     """``text`` safe for a terminal: control characters other than newline and tab (an ESC a young model
     sampled, say) become U+FFFD, so model output can never drive the terminal."""
-    return "".join(c if c in "\n\t" or not unicodedata.category(c).startswith("C") or unicodedata.category(c) in ("Co", "Cn")
-                   else "\ufffd" for c in text)
+    return "".join(
+        c
+        if c in "\n\t" or not unicodedata.category(c).startswith("C") or unicodedata.category(c) in ("Co", "Cn")
+        else "\ufffd"
+        for c in text
+    )
 
 
 def run_tokenizer(config):
@@ -111,7 +117,9 @@ def run_tokenizer(config):
     return ByteTokenizer()
 
 
-def sample_text(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperature: float = 0.8, seed: int = 0) -> str:
+def sample_text(
+    run_dir: str | Path, prompt: str = "", tokens: int = 200, temperature: float = 0.8, seed: int = 0
+) -> str:
     """``tokens`` tokens (bytes, or a Hugging Face model's tokens) of continuation of ``prompt`` (a newline when
     empty), decoded as UTF-8; the prompt is not included.
 
@@ -120,7 +128,12 @@ def sample_text(run_dir: str | Path, prompt: str = "", tokens: int = 200, temper
     """
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise UsageError(f"sample length --tokens must be a non-negative integer, got {tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature < 0
+    ):
         raise UsageError(f"sampling --temperature must be a finite number >= 0, got {temperature!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UsageError(f"sampling --seed must be an integer, got {seed!r}")

@@ -29,8 +29,10 @@ from evolm.seeding import scoped_torch_seed
 def build_model(model_config, seed: int):
     """The configured model under PyTorch's default initialisation, seeded by the run seed."""
     if model_config.name not in ("gpt", "lstm"):  # hf:PATH and Python API modules are built by evolm.api
-        raise UsageError(f"config field model.name: {model_config.name!r} is not a built-in model (gpt or lstm); "
-                         f"this command works with the built-in models only")
+        raise UsageError(
+            f"config field model.name: {model_config.name!r} is not a built-in model (gpt or lstm); "
+            f"this command works with the built-in models only"
+        )
     with scoped_torch_seed(seed):
         if model_config.name == "gpt":
             return GPT(
@@ -43,7 +45,9 @@ def build_model(model_config, seed: int):
                     dropout=model_config.dropout,
                 )
             )
-        return LSTMLanguageModel(LSTMConfig(width=model_config.width, layers=model_config.layers, dropout=model_config.dropout))
+        return LSTMLanguageModel(
+            LSTMConfig(width=model_config.width, layers=model_config.layers, dropout=model_config.dropout)
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,8 +93,10 @@ class Worker:
 
             return hf_worker(config, corpus)
         if config.model.name == "custom":
-            raise UsageError("config field model.name: a custom model is evolved through the Python API, which "
-                             "supplies the module: evolm.evolve(model, ...), or evolm.resume(run_dir, model, ...)")
+            raise UsageError(
+                "config field model.name: a custom model is evolved through the Python API, which "
+                "supplies the module: evolm.evolve(model, ...), or evolm.resume(run_dir, model, ...)"
+            )
         if config.threads:
             torch.set_num_threads(config.threads)
         device = resolve_device(config.device)

@@ -9,9 +9,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A tiny model and budget that still learns: every CLI test starts from these settings.
 TINY = [
-    "--set", "model.width=32", "--set", "model.layers=1", "--set", "model.heads=2", "--set", "model.ff=64",
-    "--set", "model.context=32", "--set", "data.batch_size=8", "--set", "data.val_sequences=16",
-    "--population-size", "16", "--generations", "12", "--set", "threads=1",
+    "--set",
+    "model.width=32",
+    "--set",
+    "model.layers=1",
+    "--set",
+    "model.heads=2",
+    "--set",
+    "model.ff=64",
+    "--set",
+    "model.context=32",
+    "--set",
+    "data.batch_size=8",
+    "--set",
+    "data.val_sequences=16",
+    "--population-size",
+    "16",
+    "--generations",
+    "12",
+    "--set",
+    "threads=1",
 ]
 
 

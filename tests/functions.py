@@ -5,12 +5,11 @@ import math
 import torch
 from torch import nn
 
+from evolm.engine import step_generation
 from evolm.evaluators import LocalEvaluator
-from evolm.genome import ParamSpace
-from evolm.genome import make_genome
+from evolm.genome import ParamSpace, make_genome
 from evolm.strategies import make_strategy
 from evolm.strategies.es import make_center_optimizer
-from evolm.engine import step_generation
 from evolm.worker import Worker
 
 
@@ -53,8 +52,13 @@ def rastrigin(z):
 def function_worker(config, function, target):
     model = Point(len(target))
     space = ParamSpace(model)
-    return Worker(model, space, make_genome(config, space), FunctionFitness(function, target),
-                  lambda params: make_center_optimizer(params, config))
+    return Worker(
+        model,
+        space,
+        make_genome(config, space),
+        FunctionFitness(function, target),
+        lambda params: make_center_optimizer(params, config),
+    )
 
 
 def minimise(config, function, target):

@@ -11,16 +11,18 @@ import threading
 import pytest
 import ray
 import torch
+from conftest import REPO, read_metrics, without_wall_clock
+from conftest import TINY as CLI_TINY
 from ray import cloudpickle
 from torch import nn
 
 import evolm.api as api
-from conftest import REPO, TINY as CLI_TINY, read_metrics, without_wall_clock
 from evolm.errors import UsageError
 
 # Small and quick, yet the validation loss falls within a dozen generations.
-TINY = dict(context=32, batch_size=8, val_sequences=16, population_size=16, generations=12, threads=1,
-            checkpoint_every=0)
+TINY = dict(
+    context=32, batch_size=8, val_sequences=16, population_size=16, generations=12, threads=1, checkpoint_every=0
+)
 TEXT = "the quick brown fox jumps over the lazy dog. " * 400
 
 
@@ -82,7 +84,9 @@ def test_custom_module_run_samples_its_final_model_once_through_the_worker(tmp_p
 
     settings = dict(TINY, generations=2)
     messages = []
-    api.evolve(TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "run", log=messages.append, **settings)
+    api.evolve(
+        TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "run", log=messages.append, **settings
+    )
     samples = [message for message in messages if message.startswith("evolm: sample")]
     assert len(samples) == 1, messages
     # The same text from a fresh worker around the saved weights: the engine sampled the final model.
@@ -108,8 +112,18 @@ def test_builtin_adapters():
 def test_user_fitness_function_in_process(tmp_path):
     module = Weights()
     before = distance_fitness(module)
-    summary = api.evolve(module, fitness=distance_fitness, out=tmp_path / "run", log=quiet, generations=30,
-                         population_size=16, sigma=0.05, learning_rate=0.05, threads=1, checkpoint_every=0)
+    summary = api.evolve(
+        module,
+        fitness=distance_fitness,
+        out=tmp_path / "run",
+        log=quiet,
+        generations=30,
+        population_size=16,
+        sigma=0.05,
+        learning_rate=0.05,
+        threads=1,
+        checkpoint_every=0,
+    )
     after = distance_fitness(module)
     assert after > before / 4, (before, after)
     assert summary["best_fitness"] > before
@@ -122,8 +136,16 @@ def test_user_fitness_may_take_the_generation(tmp_path):
         seen.add(generation)
         return distance_fitness(module)
 
-    api.evolve(Weights(), fitness=fitness, out=tmp_path / "run", log=quiet, generations=3, population_size=4,
-               threads=1, checkpoint_every=0)
+    api.evolve(
+        Weights(),
+        fitness=fitness,
+        out=tmp_path / "run",
+        log=quiet,
+        generations=3,
+        population_size=4,
+        threads=1,
+        checkpoint_every=0,
+    )
     assert {0, 1, 2} <= seen
 
 
@@ -135,8 +157,11 @@ def test_unpicklable_fitness_is_refused_before_ray_starts(tmp_path, corpus):
         with lock:
             return distance_fitness(module)
 
-    with pytest.raises(UsageError, match=r"fitness function .* cannot be sent to Ray actors \(evaluator.workers=2\).*"
-                                         r"must be importable .* or picklable"):
+    with pytest.raises(
+        UsageError,
+        match=r"fitness function .* cannot be sent to Ray actors \(evaluator.workers=2\).*"
+        r"must be importable .* or picklable",
+    ):
         api.evolve(Weights, fitness=fitness, out=tmp_path / "run", log=quiet, workers=2, generations=2)
     assert ray.is_initialized() == was_running
     assert not (tmp_path / "run").exists()
@@ -179,7 +204,9 @@ def rows(run_dir):
 
 def test_resume_continues_an_interrupted_run_exactly(tmp_path, corpus, monkeypatch):
     settings = dict(TINY, generations=5, checkpoint_every=1)
-    whole = api.evolve(TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "whole", log=quiet, **settings)
+    whole = api.evolve(
+        TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "whole", log=quiet, **settings
+    )
     with monkeypatch.context() as patch:
         interrupt_after_checkpoints(patch, 2)
         with pytest.raises(Interrupted):
@@ -193,12 +220,15 @@ def test_resume_continues_an_interrupted_run_exactly(tmp_path, corpus, monkeypat
 @pytest.mark.slow
 def test_time_major_lstm_on_ray_matches_in_process(ray_runtime, tmp_path, corpus):
     settings = dict(TINY, generations=4)
-    local = api.evolve(TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "local", log=quiet, **settings)
+    local = api.evolve(
+        TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "local", log=quiet, **settings
+    )
     # Actors import nothing from tests/: ship this module's classes by value, as for a notebook's (__main__).
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
-        remote = api.evolve(TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "ray", log=quiet,
-                            workers=2, **settings)
+        remote = api.evolve(
+            TimeMajorLSTM, data=corpus, adapter=api.time_major, out=tmp_path / "ray", log=quiet, workers=2, **settings
+        )
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     lines = read_metrics(tmp_path / "ray")
@@ -213,15 +243,24 @@ def test_fitness_from_a_module_actors_cannot_import_is_a_usage_error(tmp_path, m
     folder = tmp_path / "private"
     folder.mkdir()
     (folder / "private_fitness.py").write_text(
-        "def fitness(module):\n    return -float(module.w.detach().pow(2).sum())\n")
+        "def fitness(module):\n    return -float(module.w.detach().pow(2).sum())\n"
+    )
     monkeypatch.syspath_prepend(str(folder))  # importable here, on the driver only
     import private_fitness
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Weights travels; private_fitness is by reference
     try:
         with pytest.raises(UsageError, match="Ray actors cannot import module 'private_fitness'"):
-            api.evolve(Weights, fitness=private_fitness.fitness, out=tmp_path / "run", log=quiet, workers=2,
-                       generations=2, population_size=4, threads=1)
+            api.evolve(
+                Weights,
+                fitness=private_fitness.fitness,
+                out=tmp_path / "run",
+                log=quiet,
+                workers=2,
+                generations=2,
+                population_size=4,
+                threads=1,
+            )
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
@@ -247,13 +286,22 @@ sys.exit(main(sys.argv[1:]))
 def cli_run_killed_after_checkpoints(count: int, *args):
     """Run ``evolm run ARGS`` as a subprocess killed by SIGKILL right after its ``count``-th checkpoint."""
     env = dict(os.environ, PYTHONPATH=str(REPO), EVOLM_TEST_KILL_AFTER=str(count))
-    return subprocess.run([sys.executable, "-c", KILLED_AFTER_CHECKPOINTS, "run", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_CHECKPOINTS, "run", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def without_wall_clock_fields(summary: dict) -> dict:
     # The checkpoint's cost (seconds, and bytes holding the wall time) varies with the clock too.
-    return {k: v for k, v in summary.items() if k not in ("wall_seconds", "run_dir") and not k.startswith("last_checkpoint_")}
+    return {
+        k: v
+        for k, v in summary.items()
+        if k not in ("wall_seconds", "run_dir") and not k.startswith("last_checkpoint_")
+    }
 
 
 @pytest.mark.parametrize("model", ["gpt", "lstm"])
@@ -274,8 +322,18 @@ def test_api_resumes_a_killed_cli_run_of_a_builtin_model(tmp_path, cli, model):
 
 
 def test_builtin_model_by_name_and_resume_mismatches(tmp_path, cli):
-    summary = api.evolve("lstm", out=tmp_path / "run", log=quiet, generations=2, population_size=4, context=16,
-                         batch_size=4, val_sequences=4, threads=1, model__width=16)
+    summary = api.evolve(
+        "lstm",
+        out=tmp_path / "run",
+        log=quiet,
+        generations=2,
+        population_size=4,
+        context=16,
+        batch_size=4,
+        val_sequences=4,
+        threads=1,
+        model__width=16,
+    )
     assert summary["model"] == "lstm" and summary["generations"] == 2
     assert (tmp_path / "run" / "model.safetensors").is_file()
     with pytest.raises(UsageError, match="built-in model 'gpt' is set up by config fields .* drop adapter="):

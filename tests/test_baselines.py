@@ -19,8 +19,16 @@ from evolm.seeding import torch_generator
 from evolm.worker import build_model
 
 # The TINY sizes of tests/conftest.py, as config overrides.
-TINY = [("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
-        ("data.batch_size", 8), ("data.val_sequences", 16), ("threads", 1)]
+TINY = [
+    ("model.width", 32),
+    ("model.layers", 1),
+    ("model.heads", 2),
+    ("model.ff", 64),
+    ("model.context", 32),
+    ("data.batch_size", 8),
+    ("data.val_sequences", 16),
+    ("threads", 1),
+]
 # Short self-feedback episodes that fit the tiny context (prompt + continuation - 1 <= 32).
 EPISODES = {"prompt_tokens": 8, "generate_tokens": 16}
 # Small budgets per method: adam and mezo have tiny-model learning rates (the defaults suit the 137k reference model).
@@ -29,10 +37,27 @@ QUICK = {
     "mezo": {"learning_rate": 1e-2, "log_every": 100},
     "reinforce": {"learning_rate": 1e-2, "episodes": 16, "log_every": 5, **EPISODES},
 }
-METRIC_KEYS = {"generation", "wall_seconds", "evaluations", "forward_tokens", "best_fitness", "mean_fitness",
-               "std_fitness", "val_loss"}
-SUMMARY_KEYS = {"method", "generations", "evaluations", "forward_tokens", "wall_seconds", "val_loss_initial",
-                "val_loss_final", "best_fitness", "peak_rss_mb"}
+METRIC_KEYS = {
+    "generation",
+    "wall_seconds",
+    "evaluations",
+    "forward_tokens",
+    "best_fitness",
+    "mean_fitness",
+    "std_fitness",
+    "val_loss",
+}
+SUMMARY_KEYS = {
+    "method",
+    "generations",
+    "evaluations",
+    "forward_tokens",
+    "wall_seconds",
+    "val_loss_initial",
+    "val_loss_final",
+    "best_fitness",
+    "peak_rss_mb",
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +87,9 @@ def check_run_folder(folder, config, summary, method):
     on_disk = json.loads((folder / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(on_disk) and on_disk["method"] == method
     assert on_disk["generations"] == lines[-1]["generation"] + 1 == summary["generations"]
-    assert on_disk["forward_tokens"] == lines[-1]["forward_tokens"] and on_disk["evaluations"] == lines[-1]["evaluations"]
+    assert (
+        on_disk["forward_tokens"] == lines[-1]["forward_tokens"] and on_disk["evaluations"] == lines[-1]["evaluations"]
+    )
     assert on_disk["val_loss_final"] == pytest.approx(lines[-1]["val_loss"])
     assert on_disk["best_fitness"] == pytest.approx(max(line["best_fitness"] for line in lines))
     assert on_disk["peak_rss_mb"] > 10
@@ -74,7 +101,8 @@ def check_run_folder(folder, config, summary, method):
     with torch.no_grad():
         logits = model.eval()(val.inputs)
     assert F.cross_entropy(logits.reshape(-1, logits.shape[-1]), val.targets.reshape(-1)).item() == pytest.approx(
-        on_disk["val_loss_final"], abs=1e-5)
+        on_disk["val_loss_final"], abs=1e-5
+    )
 
 
 def test_registry_has_the_three_baselines():
@@ -133,7 +161,9 @@ def _run(method, config, folder):
 
 def test_budgets_whichever_comes_first(tiny_config, tmp_path):
     # The token budget is never exceeded: 1000 tokens hold three steps of 256 forward tokens, not four.
-    summary = BASELINES["adam"](tiny_config, tmp_path / "tokens", budget_tokens=1000, budget_seconds=60, log=quiet, batch_size=8)
+    summary = BASELINES["adam"](
+        tiny_config, tmp_path / "tokens", budget_tokens=1000, budget_seconds=60, log=quiet, batch_size=8
+    )
     assert summary["forward_tokens"] == 768 and summary["generations"] == 3
     # A time budget stops a run whose token budget is far away (at most one step past it).
     summary = BASELINES["mezo"](tiny_config, tmp_path / "seconds", budget_seconds=0.5, budget_tokens=10**12, log=quiet)
@@ -143,8 +173,9 @@ def test_budgets_whichever_comes_first(tiny_config, tmp_path):
 
 def test_token_environment_rewards_are_the_scorers_log_probabilities(tiny_config, corpus):
     scorer = build_model(tiny_config.model, tiny_config.seed).eval()
-    environment = TokenEnvironment(scorer, corpus, episodes=4, prompt_tokens=8, generate_tokens=6,
-                                   generator=torch_generator(0, "test"))
+    environment = TokenEnvironment(
+        scorer, corpus, episodes=4, prompt_tokens=8, generate_tokens=6, generator=torch_generator(0, "test")
+    )
     observation, info = environment.reset()
     assert observation.shape == (4, 8) and info == {}
     rewards, actions, truncated, steps = [], [], False, 0
@@ -222,10 +253,13 @@ def test_mezo_holds_one_model_and_reports_its_own_score(tiny_config, tmp_path):
         assert run.report_initial["self_score"] < 0
     finally:
         run.close()
-    judged = BaselineRun("mezo", build_config(overrides=[*TINY, ("fitness.scorer", "reference")]), tmp_path / "judged",
-                         steps=1)
+    judged = BaselineRun(
+        "mezo", build_config(overrides=[*TINY, ("fitness.scorer", "reference")]), tmp_path / "judged", steps=1
+    )
     try:
         assert judged._reference is not None
-        assert judged.report_initial["self_score"] == pytest.approx(run.report_initial["self_score"])  # same model at the start
+        assert judged.report_initial["self_score"] == pytest.approx(
+            run.report_initial["self_score"]
+        )  # same model at the start
     finally:
         judged.close()

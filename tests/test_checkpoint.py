@@ -86,7 +86,9 @@ def test_tied_and_strided_tensors_are_saved(tmp_path):
     base = torch.arange(12.0).reshape(3, 4)
     save_checkpoint(tmp_path, {"tensors": {"a": base, "tied": base, "t": base.t()}, "state": {}, "metrics_lines": 0})
     tensors = load_checkpoint(tmp_path)["tensors"]
-    assert torch.equal(tensors["a"], base) and torch.equal(tensors["tied"], base) and torch.equal(tensors["t"], base.t())
+    assert (
+        torch.equal(tensors["a"], base) and torch.equal(tensors["tied"], base) and torch.equal(tensors["t"], base.t())
+    )
 
 
 def test_unserialisable_state_changes_nothing(tmp_path):
@@ -105,7 +107,9 @@ def test_optimizer_state_round_trip_continues_identically(tmp_path):
     def steps(model, optimizer, start, count):
         for step in range(start, start + count):
             for index, parameter in enumerate(model.parameters()):
-                parameter.grad = torch.sin(torch.arange(parameter.numel(), dtype=torch.float32) + step + index).view_as(parameter)
+                parameter.grad = torch.sin(torch.arange(parameter.numel(), dtype=torch.float32) + step + index).view_as(
+                    parameter
+                )
             optimizer.step()
 
     model, optimizer = make()
@@ -118,7 +122,7 @@ def test_optimizer_state_round_trip_continues_identically(tmp_path):
 
     loaded = load_checkpoint(tmp_path)
     resumed, resumed_optimizer = make()
-    resumed.load_state_dict({k[len("model."):]: v for k, v in loaded["tensors"].items() if k.startswith("model.")})
+    resumed.load_state_dict({k[len("model.") :]: v for k, v in loaded["tensors"].items() if k.startswith("model.")})
     state = unflatten_optimizer_state(loaded["state"]["optimizer"], loaded["tensors"])
     assert state["param_groups"][0]["betas"] == (0.8, 0.95)
     resumed_optimizer.load_state_dict(state)
@@ -143,8 +147,12 @@ def test_rng_states_round_trip_reproduce_the_next_draws(tmp_path):
         "python": python_rng_to_json(py),
     }
     save_checkpoint(tmp_path, {"tensors": {}, "state": state, "metrics_lines": 0})
-    expected = (torch.randn(20, generator=torch_gen), pcg.normal(size=20), mt.integers(0, 2**40, 20),
-                [py.gauss(0, 1) for _ in range(5)] + [py.random()])
+    expected = (
+        torch.randn(20, generator=torch_gen),
+        pcg.normal(size=20),
+        mt.integers(0, 2**40, 20),
+        [py.gauss(0, 1) for _ in range(5)] + [py.random()],
+    )
 
     loaded = load_checkpoint(tmp_path)["state"]
     got = (
@@ -180,10 +188,17 @@ def test_checkpoint_holds_no_global_rng_state():
 def every_kind_of_tensor() -> dict:
     base = torch.arange(12.0).reshape(3, 4)
     return {
-        "f32": base, "tied": base, "strided": base.t(), "f64": torch.linspace(-1, 1, 5, dtype=torch.float64),
-        "bf16": torch.linspace(-2, 2, 7).to(torch.bfloat16), "f16": torch.linspace(0, 1, 3).to(torch.float16),
-        "bool": torch.tensor([True, False, True]), "i8": torch.arange(-3, 4, dtype=torch.int8),
-        "i64": torch.tensor(2**40 + 3), "u8": torch.arange(5, dtype=torch.uint8), "empty": torch.zeros(0, 4),
+        "f32": base,
+        "tied": base,
+        "strided": base.t(),
+        "f64": torch.linspace(-1, 1, 5, dtype=torch.float64),
+        "bf16": torch.linspace(-2, 2, 7).to(torch.bfloat16),
+        "f16": torch.linspace(0, 1, 3).to(torch.float16),
+        "bool": torch.tensor([True, False, True]),
+        "i8": torch.arange(-3, 4, dtype=torch.int8),
+        "i64": torch.tensor(2**40 + 3),
+        "u8": torch.arange(5, dtype=torch.uint8),
+        "empty": torch.zeros(0, 4),
     }
 
 
@@ -222,8 +237,9 @@ def test_checkpoint_round_trips_every_dtype(tmp_path):
 def test_unsavable_dtype_changes_nothing(tmp_path):
     save_checkpoint(tmp_path, payload(0))
     with pytest.raises(TypeError, match="safetensors cannot hold"):
-        save_checkpoint(tmp_path, {"tensors": {"c": torch.zeros(2, dtype=torch.complex128)},
-                                   "state": {}, "metrics_lines": 1})
+        save_checkpoint(
+            tmp_path, {"tensors": {"c": torch.zeros(2, dtype=torch.complex128)}, "state": {}, "metrics_lines": 1}
+        )
     assert_payload(load_checkpoint(tmp_path), 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
@@ -254,8 +270,14 @@ MEMORY_PROBE = textwrap.dedent(
 def test_saving_a_checkpoint_adds_no_copy_of_the_tensors(tmp_path):
     """512 MiB of tensors: safetensors' own save would add at least that much again (the bytes it builds)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path)], env=env, capture_output=True, text=True, check=False,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     added = int(result.stdout.split()[-1])
     assert added < 64 * 2**20, f"saving added {added / 2**20:.0f} MiB to the peak RSS"
@@ -263,7 +285,11 @@ def test_saving_a_checkpoint_adds_no_copy_of_the_tensors(tmp_path):
 
 
 def test_pack_tree_round_trip():
-    tree = {"a": (1, 2.5, None), 3: [np.arange(4, dtype=np.int64), torch.ones(2)], ("k", 1): {"__tensor__": "not a tag"}}
+    tree = {
+        "a": (1, 2.5, None),
+        3: [np.arange(4, dtype=np.int64), torch.ones(2)],
+        ("k", 1): {"__tensor__": "not a tag"},
+    }
     tensors, skeleton = pack_tree(tree, "x")
     json.dumps(skeleton)  # the skeleton is plain JSON
     back = unpack_tree(json.loads(json.dumps(skeleton)), tensors)
@@ -283,10 +309,14 @@ def test_individuals_round_trip_with_their_fitness(tmp_path):
     vector = make_vector_individual(np.linspace(-1, 1, 7), 2)
     vector.fitness.values = (-1.0, float("-inf"))
     unscored = make_individual([(7, 0.1)], 1)
-    tensors, skeleton = pack_tree({"population": [ckpt.individual_to_tree(i) for i in (listed, vector, unscored)]}, "strategy")
+    tensors, skeleton = pack_tree(
+        {"population": [ckpt.individual_to_tree(i) for i in (listed, vector, unscored)]}, "strategy"
+    )
     save_checkpoint(tmp_path, {"tensors": tensors, "state": {"strategy": skeleton}, "metrics_lines": 0})
     loaded = load_checkpoint(tmp_path)
-    back = [ckpt.individual_from_tree(t) for t in unpack_tree(loaded["state"]["strategy"], loaded["tensors"])["population"]]
+    back = [
+        ckpt.individual_from_tree(t) for t in unpack_tree(loaded["state"]["strategy"], loaded["tensors"])["population"]
+    ]
     assert type(back[0]) is type(listed) and list(back[0]) == list(listed) and back[0].fitness.values == (-4.5,)
     assert back[0].parent_fitness == float("-inf") and not hasattr(back[1], "parent_fitness")
     assert type(back[1]) is type(vector) and np.array_equal(back[1], vector) and back[1].dtype == np.float32
@@ -375,7 +405,9 @@ def test_save_killed_by_sigkill_leaves_a_loadable_checkpoint(tmp_path, stage, su
     """A real process killed while writing files, between the renames, or before cleanup."""
     save_checkpoint(tmp_path, payload(0))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path), stage], env=env, capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", KILLER, str(tmp_path), stage], env=env, capture_output=True, timeout=120
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
     names = {p.name for p in tmp_path.iterdir()}
     if stage == "swap":
@@ -447,8 +479,12 @@ class CodeExecution:
 
 
 def safetensors_header_trick(body: bytes) -> bytes:
-    header = json.dumps({"w": {"dtype": "PICKLE", "shape": [len(body)], "data_offsets": [0, len(body)]},
-                         "__metadata__": {"format": "pt"}}).encode()
+    header = json.dumps(
+        {
+            "w": {"dtype": "PICKLE", "shape": [len(body)], "data_offsets": [0, len(body)]},
+            "__metadata__": {"format": "pt"},
+        }
+    ).encode()
     return len(header).to_bytes(8, "little") + header + body
 
 
@@ -457,8 +493,17 @@ def torch_save_bytes(obj, path: Path) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("attack", ["pickle-as-tensors", "torch-save-as-tensors", "pickle-as-state",
-                                    "safetensors-header-trick", "extra-pickle-file-in-manifest", "stray-pt-file"])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "pickle-as-tensors",
+        "torch-save-as-tensors",
+        "pickle-as-state",
+        "safetensors-header-trick",
+        "extra-pickle-file-in-manifest",
+        "stray-pt-file",
+    ],
+)
 def test_crafted_pickle_payload_is_refused_and_never_runs(tmp_path, attack):
     marker = tmp_path / "marker"
     control = tmp_path / "control"
@@ -471,7 +516,9 @@ def test_crafted_pickle_payload_is_refused_and_never_runs(tmp_path, attack):
     if attack == "pickle-as-tensors":
         rewrite_manifest(folder, **{"tensors.safetensors": evil})
     elif attack == "torch-save-as-tensors":
-        rewrite_manifest(folder, **{"tensors.safetensors": torch_save_bytes({"w": CodeExecution(marker)}, tmp_path / "x.pt")})
+        rewrite_manifest(
+            folder, **{"tensors.safetensors": torch_save_bytes({"w": CodeExecution(marker)}, tmp_path / "x.pt")}
+        )
     elif attack == "pickle-as-state":
         rewrite_manifest(folder, **{"state.json": evil})
     elif attack == "safetensors-header-trick":

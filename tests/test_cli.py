@@ -5,9 +5,8 @@ import math
 import tomllib
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import read_metrics, without_wall_clock
+from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +26,30 @@ def test_run_lowers_validation_loss_and_writes_valid_files(tiny_run):
     assert config["strategy"]["population_size"] == 16 and config["model"]["width"] == 32
     rows = read_metrics(out)
     assert [row["generation"] for row in rows] == list(range(12))
-    for key in ("generation", "wall_seconds", "evaluations", "forward_tokens", "best_fitness",
-                "mean_fitness", "std_fitness", "val_loss"):
+    for key in (
+        "generation",
+        "wall_seconds",
+        "evaluations",
+        "forward_tokens",
+        "best_fitness",
+        "mean_fitness",
+        "std_fitness",
+        "val_loss",
+    ):
         assert all(key in row for row in rows), key
     assert rows[-1]["evaluations"] == 12 * 16
     assert rows[-1]["forward_tokens"] == 12 * 16 * 8 * 32
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("method", "generations", "evaluations", "forward_tokens", "wall_seconds",
-                "val_loss_initial", "val_loss_final", "best_fitness"):
+    for key in (
+        "method",
+        "generations",
+        "evaluations",
+        "forward_tokens",
+        "wall_seconds",
+        "val_loss_initial",
+        "val_loss_final",
+        "best_fitness",
+    ):
         assert key in summary, key
     assert summary["method"] == "es"
     assert summary["val_loss_final"] < summary["val_loss_initial"] - 0.2, summary
@@ -68,7 +83,11 @@ BAD_INPUTS = [
     ("missing data path", lambda p: ["--data", str(p / "nope.txt")], "nope.txt does not exist"),
     ("empty data file", lambda p: ["--data", _write(p / "empty.txt", "")], "is empty"),
     ("corpus shorter than a window", lambda p: ["--data", _write(p / "short.txt", "tiny")], "too short"),
-    ("non-UTF-8 file", lambda p: ["--data", _write(p / "latin.txt", "caf\xe9 ".encode("latin-1") * 99, True)], "not UTF-8"),
+    (
+        "non-UTF-8 file",
+        lambda p: ["--data", _write(p / "latin.txt", "caf\xe9 ".encode("latin-1") * 99, True)],
+        "not UTF-8",
+    ),
     ("unknown model", lambda p: ["--model", "rnn"], "unknown model 'rnn'"),
     ("zero population", lambda p: ["--population-size", "0"], "strategy.population_size must be positive"),
     ("negative generations", lambda p: ["--generations", "-3"], "generations must be positive"),
@@ -78,7 +97,11 @@ BAD_INPUTS = [
     ("--set without =", lambda p: ["--set", "model.width"], "--set expects KEY=VALUE"),
     ("missing config file", lambda p: ["--config", str(p / "none.toml")], "none.toml does not exist"),
     ("invalid TOML", lambda p: ["--config", _write(p / "bad.toml", "model = [")], "not valid TOML"),
-    ("unknown TOML key", lambda p: ["--config", _write(p / "k.toml", "[model]\ncolour = 3\n")], "unknown config key model.colour"),
+    (
+        "unknown TOML key",
+        lambda p: ["--config", _write(p / "k.toml", "[model]\ncolour = 3\n")],
+        "unknown config key model.colour",
+    ),
     ("odd es population", lambda p: ["--population-size", "7"], "must be even"),
     ("cuda where none is present", lambda p: ["--device", "cuda"], "no CUDA device"),
     ("unknown option", lambda p: ["--colour", "red"], "unrecognized arguments"),
@@ -93,7 +116,9 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, cli, name, make_args, mess
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
     # --generations 1 comes first so a case's own --generations wins (argparse keeps the last).
-    result = cli("run", "--generations", "1", *make_args(tmp_path), "--out", str(tmp_path / "out"), "--quiet", timeout=60)
+    result = cli(
+        "run", "--generations", "1", *make_args(tmp_path), "--out", str(tmp_path / "out"), "--quiet", timeout=60
+    )
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -114,7 +139,10 @@ def test_choosing_a_strategy_alone_gives_a_run(tmp_path, cli, strategy):
     config = tomllib.loads((out / "config.toml").read_text())
     defaults = strategy_defaults(strategy)
     assert config["strategy"]["population_size"] == defaults["strategy.population_size"]
-    assert (config["genome"]["name"], config["genome"]["params"]) == (defaults["genome.name"], defaults["genome.params"])
+    assert (config["genome"]["name"], config["genome"]["params"]) == (
+        defaults["genome.name"],
+        defaults["genome.params"],
+    )
     rows = read_metrics(out)
     assert [row["generation"] for row in rows] == [0, 1]
     assert all(math.isfinite(row["val_loss"]) for row in rows)

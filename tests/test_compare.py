@@ -5,23 +5,56 @@ import json
 import torch
 import torch.nn.functional as F
 
-TINY = ["--set", "model.width=32", "--set", "model.layers=1", "--set", "model.heads=2", "--set", "model.ff=64",
-        "--set", "model.context=32", "--set", "data.batch_size=8", "--set", "data.val_sequences=16",
-        "--set", "threads=1", "--set", "strategy.population_size=8", "--set", "fitness.generate_tokens=8",
-        "--set", "fitness.prompts=4", "--set", "strategy.pbt_steps=5"]
+TINY = [
+    "--set",
+    "model.width=32",
+    "--set",
+    "model.layers=1",
+    "--set",
+    "model.heads=2",
+    "--set",
+    "model.ff=64",
+    "--set",
+    "model.context=32",
+    "--set",
+    "data.batch_size=8",
+    "--set",
+    "data.val_sequences=16",
+    "--set",
+    "threads=1",
+    "--set",
+    "strategy.population_size=8",
+    "--set",
+    "fitness.generate_tokens=8",
+    "--set",
+    "fitness.prompts=4",
+    "--set",
+    "strategy.pbt_steps=5",
+]
 METHODS = ["es", "ga", "hybrid", "pbt", "adam", "reinforce", "mezo"]
 
 
 def test_compare_writes_a_row_per_method(tmp_path, cli):
     out = tmp_path / "cmp"
-    result = cli("compare", "--methods", ",".join(METHODS), "--budget-tokens", "60000", "--out", str(out), *TINY, timeout=600)
+    result = cli(
+        "compare", "--methods", ",".join(METHODS), "--budget-tokens", "60000", "--out", str(out), *TINY, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [row["method"] for row in rows] == METHODS
     for row in rows:
         assert "error" not in row, row
-        for key in ("val_loss_final", "val_loss_std", "reference_score", "reference_score_std", "self_score", "distinct_2",
-                    "forward_tokens", "wall_seconds", "peak_rss_mb"):
+        for key in (
+            "val_loss_final",
+            "val_loss_std",
+            "reference_score",
+            "reference_score_std",
+            "self_score",
+            "distinct_2",
+            "forward_tokens",
+            "wall_seconds",
+            "peak_rss_mb",
+        ):
             assert isinstance(row[key], (int, float)), (row["method"], key)
         # A method stops at the end of the first step (generation, PBT ready interval) that reaches the budget.
         assert row["forward_tokens"] <= 60000 * 1.6, row
@@ -40,8 +73,17 @@ def test_compare_refuses_bad_input(tmp_path, cli):
 
 # Context 64 holds a 16-token prompt and its 32 new tokens, so the judge's numbers can be recomputed
 # below with one plain forward pass (no window to cut, no cache to rebuild).
-JUDGED = ["model.width=32", "model.layers=1", "model.heads=2", "model.ff=64", "model.context=64", "data.batch_size=8",
-          "data.val_sequences=16", "threads=1", "strategy.population_size=8"]
+JUDGED = [
+    "model.width=32",
+    "model.layers=1",
+    "model.heads=2",
+    "model.ff=64",
+    "model.context=64",
+    "data.batch_size=8",
+    "data.val_sequences=16",
+    "threads=1",
+    "strategy.population_size=8",
+]
 
 
 def judged_by_hand(final, initial, corpus):
@@ -54,8 +96,10 @@ def judged_by_hand(final, initial, corpus):
     new = final.generate(prompts, 32, 1.0, torch.Generator().manual_seed(derive_seed(0, "fitness-report")))
     sequence = torch.cat([prompts, new], dim=1)
     with torch.no_grad():
-        scores = [F.log_softmax(model(sequence[:, :-1]).float(), dim=-1)[:, 15:].gather(-1, new.unsqueeze(-1)).mean().item()
-                  for model in (initial, final)]
+        scores = [
+            F.log_softmax(model(sequence[:, :-1]).float(), dim=-1)[:, 15:].gather(-1, new.unsqueeze(-1)).mean().item()
+            for model in (initial, final)
+        ]
     bigrams = [tuple(row[i : i + 2]) for row in new.tolist() for i in range(len(row) - 1)]
     return scores[0], scores[1], len(set(bigrams)) / len(bigrams)
 
@@ -71,7 +115,9 @@ def test_compare_judges_every_method_with_the_frozen_initial_model(tmp_path, cli
 
     out = tmp_path / "cmp"
     settings = [arg for item in JUDGED for arg in ("--set", item)]
-    result = cli("compare", "--methods", "es,adam", "--budget-tokens", "20000", "--out", str(out), *settings, timeout=600)
+    result = cli(
+        "compare", "--methods", "es,adam", "--budget-tokens", "20000", "--out", str(out), *settings, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads((out / "compare.json").read_text())
     config = build_config(overrides=[tuple(item.split("=")) for item in JUDGED])

@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from evolm.data import ByteTokenizer, Corpus, embedded_corpus_text, load_corpus_text
 from evolm.errors import UsageError

@@ -16,8 +16,14 @@ def test_centered_ranks():
 
 def test_openai_es_reaches_the_optimum_of_a_50d_quadratic():
     target = torch.linspace(-1.0, 1.0, 50)
-    config = build_config(overrides=[("strategy.population_size", 40), ("strategy.sigma", 0.05),
-                                     ("strategy.learning_rate", 0.05), ("generations", 300)])
+    config = build_config(
+        overrides=[
+            ("strategy.population_size", 40),
+            ("strategy.sigma", 0.05),
+            ("strategy.learning_rate", 0.05),
+            ("generations", 300),
+        ]
+    )
     initial_error = float(sphere(target))
     final_error = minimise(config, sphere, target)
     # Within 1% of the optimum: the squared distance falls below 1% of where it started.
@@ -96,8 +102,14 @@ def test_sgd_center_step_is_plain_and_keeps_no_state():
 
 def test_openai_es_with_sgd_reaches_the_optimum_of_a_50d_quadratic():
     target = torch.linspace(-1.0, 1.0, 50)
-    config = build_config(overrides=[("strategy.population_size", 40), ("strategy.sigma", 0.05),
-                                     ("strategy.optimizer", "sgd"), ("strategy.learning_rate", 0.02),
-                                     ("generations", 300)])
+    config = build_config(
+        overrides=[
+            ("strategy.population_size", 40),
+            ("strategy.sigma", 0.05),
+            ("strategy.optimizer", "sgd"),
+            ("strategy.learning_rate", 0.02),
+            ("generations", 300),
+        ]
+    )
     initial_error = float(sphere(target))
     assert minimise(config, sphere, target) < 0.01 * initial_error

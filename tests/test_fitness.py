@@ -31,9 +31,18 @@ torch.set_num_threads(1)
 
 CONTEXT = 32
 SMALL = [
-    ("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", CONTEXT),
-    ("data.batch_size", 4), ("data.val_sequences", 8), ("strategy.population_size", 8), ("threads", 1),
-    ("fitness.prompts", 4), ("fitness.prompt_tokens", 8), ("fitness.generate_tokens", 16),
+    ("model.width", 32),
+    ("model.layers", 1),
+    ("model.heads", 2),
+    ("model.ff", 64),
+    ("model.context", CONTEXT),
+    ("data.batch_size", 4),
+    ("data.val_sequences", 8),
+    ("strategy.population_size", 8),
+    ("threads", 1),
+    ("fitness.prompts", 4),
+    ("fitness.prompt_tokens", 8),
+    ("fitness.generate_tokens", 16),
 ]
 FAVOURED = ord("e")
 
@@ -105,7 +114,9 @@ def test_continuation_log_likelihood_matches_token_by_token_scoring():
     with torch.no_grad():
         log_probs = torch.log_softmax(model(sequence[:, :-1]), dim=-1)
     expected = torch.stack([log_probs[:, 4 + i].gather(1, continuations[:, i : i + 1]) for i in range(7)]).mean()
-    assert continuation_log_likelihood(model, prompts, continuations, CONTEXT) == pytest.approx(expected.item(), abs=1e-5)
+    assert continuation_log_likelihood(model, prompts, continuations, CONTEXT) == pytest.approx(
+        expected.item(), abs=1e-5
+    )
 
     # Longer than the context: only the last CONTEXT tokens are seen; the first of them has no left context.
     long_prompts = torch.randint(0, 256, (2, 30), generator=generator)
@@ -114,8 +125,12 @@ def test_continuation_log_likelihood_matches_token_by_token_scoring():
     with torch.no_grad():
         log_probs = torch.log_softmax(model(window[:, :-1]), dim=-1)
     expected = log_probs.gather(2, window[:, 1:].unsqueeze(2)).mean()
-    assert continuation_log_likelihood(model, long_prompts, long_continuations, CONTEXT) == pytest.approx(expected.item(), abs=1e-5)
-    assert continuation_log_likelihood(uniform_gpt(), prompts, continuations, CONTEXT) == pytest.approx(-math.log(256), abs=1e-5)
+    assert continuation_log_likelihood(model, long_prompts, long_continuations, CONTEXT) == pytest.approx(
+        expected.item(), abs=1e-5
+    )
+    assert continuation_log_likelihood(uniform_gpt(), prompts, continuations, CONTEXT) == pytest.approx(
+        -math.log(256), abs=1e-5
+    )
 
 
 # --- self-score and diversity on models with known behaviour -------------------------------------
@@ -179,7 +194,11 @@ def test_lstm_candidate_gets_every_term(corpus):
 
 
 def test_parser_accepts_weighted_terms():
-    assert parse_terms("likelihood=1,self=0.5,diversity=0.2") == [("likelihood", 1.0), ("self", 0.5), ("diversity", 0.2)]
+    assert parse_terms("likelihood=1,self=0.5,diversity=0.2") == [
+        ("likelihood", 1.0),
+        ("self", 0.5),
+        ("diversity", 0.2),
+    ]
     assert parse_terms(" margin = 0.3 , likelihood=1 ") == [("margin", 0.3), ("likelihood", 1.0)]
     assert parse_terms("self") == [("self", 1.0)]
     assert parse_terms("likelihood=1,diversity=0") == [("likelihood", 1.0), ("diversity", 0.0)]
@@ -225,7 +244,9 @@ def test_other_fitness_fields_are_validated(key, value, message):
 
 def test_novelty_with_pbt_is_refused_in_one_line():
     with pytest.raises(UsageError, match="fitness.terms: the novelty term needs a population") as error:
-        build_config(overrides=[("fitness.terms", "likelihood=1,novelty=1"), ("strategy.name", "pbt"), ("genome.name", "hyper")])
+        build_config(
+            overrides=[("fitness.terms", "likelihood=1,novelty=1"), ("strategy.name", "pbt"), ("genome.name", "hyper")]
+        )
     assert "\n" not in str(error.value)
 
 
@@ -241,7 +262,9 @@ def test_ngram_profiles_measure_how_alike_two_texts_are():
     assert 0.0 < near < far <= 1.0, (near, far)
     assert novelty_scores([constant, constant]) == pytest.approx([0.0, 0.0], abs=1e-3)
     # n-grams never cross rows: two rows are not one long row.
-    assert not np.array_equal(ngram_profile(torch.tensor([[1, 2], [3, 4]])), ngram_profile(torch.tensor([[1, 2, 3, 4]])))
+    assert not np.array_equal(
+        ngram_profile(torch.tensor([[1, 2], [3, 4]])), ngram_profile(torch.tensor([[1, 2, 3, 4]]))
+    )
 
 
 def test_novelty_is_the_mean_distance_to_the_others_and_skips_diverged_ones():
@@ -282,7 +305,9 @@ def test_weighted_sum_is_one_objective_and_nsga2_gets_one_per_term(corpus):
     context = weighted.context(5)
     scores = weighted.scores(model, context)
     assert weighted.objectives == 1
-    assert weighted(model, context) == pytest.approx((scores["likelihood"] + 0.5 * scores["self"] + 0.2 * scores["diversity"],))
+    assert weighted(model, context) == pytest.approx(
+        (scores["likelihood"] + 0.5 * scores["self"] + 0.2 * scores["diversity"],)
+    )
 
     multi = fitness_for(corpus, model, terms, strategy="nsga2")
     assert multi.objectives == 3
@@ -291,7 +316,10 @@ def test_weighted_sum_is_one_objective_and_nsga2_gets_one_per_term(corpus):
     reordered = fitness_for(corpus, model, "diversity=1,self=0,likelihood=2", strategy="nsga2")
     assert reordered.objectives == 2 == objective_count(make_config("diversity=1,self=0,likelihood=2", "nsga2"))
     assert reordered(model, reordered.context(5)) == pytest.approx((scores["diversity"], scores["likelihood"]))
-    assert fitness_for(corpus, model, "likelihood=1,self=1,diversity=0").scores(model, context).keys() == {"likelihood", "self"}
+    assert fitness_for(corpus, model, "likelihood=1,self=1,diversity=0").scores(model, context).keys() == {
+        "likelihood",
+        "self",
+    }
 
 
 def test_likelihood_only_keeps_its_batch_and_token_count(corpus):
@@ -347,9 +375,18 @@ def test_context_is_deterministic_per_generation_and_leaves_global_rng_alone(cor
 # Self-feedback collapse in 40 generations: tiny GPT, population 16, learning rate 0.1 so that the self
 # term has time to reward over-confident, repetitive text.
 COLLAPSE = [
-    ("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
-    ("data.batch_size", 8), ("data.val_sequences", 16), ("strategy.population_size", 16),
-    ("strategy.learning_rate", 0.1), ("strategy.sigma", 0.02), ("generations", 40), ("threads", 1),
+    ("model.width", 32),
+    ("model.layers", 1),
+    ("model.heads", 2),
+    ("model.ff", 64),
+    ("model.context", 32),
+    ("data.batch_size", 8),
+    ("data.val_sequences", 16),
+    ("strategy.population_size", 16),
+    ("strategy.learning_rate", 0.1),
+    ("strategy.sigma", 0.02),
+    ("generations", 40),
+    ("threads", 1),
 ]
 
 
@@ -372,8 +409,10 @@ def test_diversity_term_keeps_a_run_more_diverse(tmp_path):
     0.74 vs 0.08.
     About 30 s on one thread.
     """
-    finals = {weight: collapse_run(tmp_path / f"diversity{weight}", f"likelihood=1,self=1,diversity={weight}")[1]
-              for weight in ("1", "0")}
+    finals = {
+        weight: collapse_run(tmp_path / f"diversity{weight}", f"likelihood=1,self=1,diversity={weight}")[1]
+        for weight in ("1", "0")
+    }
     assert finals["1"] > finals["0"], finals
 
 

@@ -25,8 +25,15 @@ from evolm.worker import Worker, build_model
 
 
 def small_model(width=32):
-    config = build_config(overrides=[("model.width", width), ("model.layers", 1), ("model.heads", 2),
-                                     ("model.ff", 2 * width), ("model.context", 16)])
+    config = build_config(
+        overrides=[
+            ("model.width", width),
+            ("model.layers", 1),
+            ("model.heads", 2),
+            ("model.ff", 2 * width),
+            ("model.context", 16),
+        ]
+    )
     return build_model(config.model, 0)
 
 
@@ -42,7 +49,6 @@ def test_noise_genomes_apply_then_undo_restore_exactly(genome_class):
     assert all(changed)
     genome.undo(model, genes)
     assert all(torch.equal(a, b) for a, b in zip(space.tensors, before))
-
 
 
 @pytest.mark.parametrize("genome_class", [SeedGenome, LowRankGenome])
@@ -62,6 +68,7 @@ def test_reused_noise_of_an_antithetic_partner_equals_fresh_noise(genome_class):
         expected = [torch.add(b, fresh.noise(8, i), alpha=scale) for i, b in enumerate(base)]
         assert all(torch.equal(t, e) for t, e in zip(genome.space.tensors, expected))
         genome.undo(model, [(8, scale)])
+
 
 def test_lowrank_noise_has_the_configured_rank_and_vectors_stay_full_rank():
     model = small_model()
@@ -227,8 +234,10 @@ def test_chunked_noise_without_the_cache_equals_the_cached_noise(genome_class, r
     plain.undo(plain_model, genes)
     assert all(torch.equal(a, b) for a, b in zip(cached_space.tensors, plain_space._base))
     for index in range(len(cached_space.tensors)):
-        assert torch.equal(cached.combined_noise([5, 6, 7], [0.5, 0.0, -0.25], index),
-                           plain.combined_noise([5, 6, 7], [0.5, 0.0, -0.25], index))
+        assert torch.equal(
+            cached.combined_noise([5, 6, 7], [0.5, 0.0, -0.25], index),
+            plain.combined_noise([5, 6, 7], [0.5, 0.0, -0.25], index),
+        )
     # Without the cache, the genome holds two chunk-sized buffers, not a copy of the model.
     assert 0 < plain.buffer_bytes() <= 2 * 4 * CHUNK_ELEMENTS
     # Chunks have their own keys: the matrix's second chunk is not a repeat of its first.

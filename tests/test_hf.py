@@ -12,20 +12,28 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, read_metrics, without_wall_clock
+from test_api import Interrupted, cli_run_killed_after_checkpoints, interrupt_after_checkpoints, rows
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 import evolm.api as api
-from conftest import REPO, read_metrics, without_wall_clock
 from evolm.config import build_config
 from evolm.errors import UsageError
 from evolm.models.base import sample_next
 from evolm.models.hf import HFCausalLM, default_params, hf_worker, load_hf
-from test_api import Interrupted, cli_run_killed_after_checkpoints, interrupt_after_checkpoints, rows
 
 VOCAB = 320
-SETTINGS = dict(context=32, batch_size=8, val_sequences=16, population_size=16, generations=10, threads=1,
-                checkpoint_every=0, learning_rate=0.02)
+SETTINGS = dict(
+    context=32,
+    batch_size=8,
+    val_sequences=16,
+    population_size=16,
+    generations=10,
+    threads=1,
+    checkpoint_every=0,
+    learning_rate=0.02,
+)
 
 
 def corpus_text() -> str:
@@ -37,14 +45,23 @@ def corpus_text() -> str:
 def make_checkpoint(folder, text_file, layers=2, width=64, heads=4, positions=128, vocab=VOCAB):
     """A GPT-2 from GPT2Config and a byte-level BPE tokenizer trained on ``text_file``, saved together."""
     bpe = ByteLevelBPETokenizer()
-    bpe.train([str(text_file)], vocab_size=vocab, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+    bpe.train(
+        [str(text_file)], vocab_size=vocab, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False
+    )
     bpe.save(str(folder / "bpe.json"))
     # transformers 5: wrap the trained tokenizer file; GPT2TokenizerFast from vocab/merges gives one token.
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "bpe.json"), eos_token="<|endoftext|>")
     assert len(tokenizer) == vocab, len(tokenizer)
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_positions=positions, vocab_size=len(tokenizer),
-                        bos_token_id=eos, eos_token_id=eos)
+    config = GPT2Config(
+        n_layer=layers,
+        n_embd=width,
+        n_head=heads,
+        n_positions=positions,
+        vocab_size=len(tokenizer),
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
     model.save_pretrained(str(folder))
@@ -90,14 +107,16 @@ def test_cached_generation_matches_uncached_sampling(checkpoint):
         for _ in range(12):
             token = sample_next(model(sequence)[:, -1], 1.0, generator)
             sequence = torch.cat([sequence, token], dim=1)
-    assert torch.equal(cached, sequence[:, prompt.shape[1]:])
+    assert torch.equal(cached, sequence[:, prompt.shape[1] :])
     assert torch.equal(cached, model.generate(prompt, 12, 1.0, torch.Generator().manual_seed(3)))
 
 
 def test_generation_past_the_context_stays_cached_and_bounded(checkpoint):
     folder, _ = checkpoint
     model, tokenizer = load_hf(folder)
-    out = model.generate(tokenizer.encode("x").unsqueeze(0), 200, 1.0, torch.Generator().manual_seed(0))  # > 128 positions
+    out = model.generate(
+        tokenizer.encode("x").unsqueeze(0), 200, 1.0, torch.Generator().manual_seed(0)
+    )  # > 128 positions
     assert out.shape == (1, 200)
 
 
@@ -124,9 +143,14 @@ def test_evolving_lowers_validation_loss(checkpoint, tmp_path):
     saved, _ = load_hf(folder)
     api.load_weights(saved, tmp_path / "run")
     original, _ = load_hf(folder)
-    changed = {name for (name, a), (_, b) in zip(saved.model.named_parameters(), original.model.named_parameters())
-               if not torch.equal(a, b)}
-    assert changed and all(name.startswith(("transformer.h.1.attn.", "transformer.h.1.mlp.")) for name in changed), changed
+    changed = {
+        name
+        for (name, a), (_, b) in zip(saved.model.named_parameters(), original.model.named_parameters())
+        if not torch.equal(a, b)
+    }
+    assert changed and all(name.startswith(("transformer.h.1.attn.", "transformer.h.1.mlp.")) for name in changed), (
+        changed
+    )
 
 
 def test_worker_uses_the_checkpoint_tokenizer(checkpoint):
@@ -136,13 +160,18 @@ def test_worker_uses_the_checkpoint_tokenizer(checkpoint):
     worker = hf_worker(config)
     assert worker.corpus.train.max() < VOCAB
     assert len(worker.corpus.train) + len(worker.corpus.val) < len(text_file.read_text().encode()) * 0.8
-    assert worker.space.names == [name for name in worker.model.state_dict() if name.startswith(
-        ("model.transformer.h.1.attn.", "model.transformer.h.1.mlp."))]
+    assert worker.space.names == [
+        name
+        for name in worker.model.state_dict()
+        if name.startswith(("model.transformer.h.1.attn.", "model.transformer.h.1.mlp."))
+    ]
 
 
 def test_params_regex_matches_checkpoint_names(checkpoint, tmp_path):
     folder, text_file = checkpoint
-    config = build_config(None, [("data.path", str(text_file)), ("model.context", "32"), ("genome.params", r"^transformer\.ln_f\.")])
+    config = build_config(
+        None, [("data.path", str(text_file)), ("model.context", "32"), ("genome.params", r"^transformer\.ln_f\.")]
+    )
     config.model.name = f"hf:{folder}"
     assert hf_worker(config).space.names == ["model.transformer.ln_f.weight", "model.transformer.ln_f.bias"]
 
@@ -173,10 +202,30 @@ def test_resume_continues_an_interrupted_run_exactly(checkpoint, tmp_path, monke
 def test_cli_run_hf_folder_lowers_validation_loss_and_samples(checkpoint, tmp_path, cli):
     folder, text_file = checkpoint
     out = tmp_path / "run"
-    result = cli("run", "--model", f"hf:{folder}", "--data", str(text_file), "--out", str(out), "--quiet",
-                 "--population-size", "16", "--generations", "10", "--set", "model.context=32",
-                 "--set", "data.batch_size=8", "--set", "data.val_sequences=16", "--set", "threads=1",
-                 "--set", "strategy.learning_rate=0.02")
+    result = cli(
+        "run",
+        "--model",
+        f"hf:{folder}",
+        "--data",
+        str(text_file),
+        "--out",
+        str(out),
+        "--quiet",
+        "--population-size",
+        "16",
+        "--generations",
+        "10",
+        "--set",
+        "model.context=32",
+        "--set",
+        "data.batch_size=8",
+        "--set",
+        "data.val_sequences=16",
+        "--set",
+        "threads=1",
+        "--set",
+        "strategy.learning_rate=0.02",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == f"hf:{folder}"
@@ -190,9 +239,30 @@ def test_cli_run_hf_folder_lowers_validation_loss_and_samples(checkpoint, tmp_pa
 
 def test_cli_hf_lowrank_genome(checkpoint, tmp_path, cli):
     folder, text_file = checkpoint
-    result = cli("run", "--model", f"hf:{folder}", "--data", str(text_file), "--out", str(tmp_path / "run"), "--quiet",
-                 "--genome", "lowrank", "--population-size", "8", "--generations", "2", "--set", "model.context=32",
-                 "--set", "data.batch_size=4", "--set", "data.val_sequences=8", "--set", "threads=1")
+    result = cli(
+        "run",
+        "--model",
+        f"hf:{folder}",
+        "--data",
+        str(text_file),
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--genome",
+        "lowrank",
+        "--population-size",
+        "8",
+        "--generations",
+        "2",
+        "--set",
+        "model.context=32",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "data.val_sequences=8",
+        "--set",
+        "threads=1",
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -206,14 +276,35 @@ def test_cli_hf_missing_folder_is_one_line(tmp_path, cli):
 @pytest.mark.slow
 def test_cli_hf_sigkill_then_resume_matches_an_uninterrupted_run(checkpoint, tmp_path, cli):
     folder, text_file = checkpoint
-    args = ["run", "--model", f"hf:{folder}", "--data", str(text_file), "--quiet", "--population-size", "8",
-            "--generations", "8", "--set", "model.context=32", "--set", "data.batch_size=4",
-            "--set", "data.val_sequences=8", "--set", "threads=1"]
+    args = [
+        "run",
+        "--model",
+        f"hf:{folder}",
+        "--data",
+        str(text_file),
+        "--quiet",
+        "--population-size",
+        "8",
+        "--generations",
+        "8",
+        "--set",
+        "model.context=32",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "data.val_sequences=8",
+        "--set",
+        "threads=1",
+    ]
     whole = cli(*args, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "evolm", *args, "--out", str(out)],
-                               env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evolm", *args, "--out", str(out)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -230,9 +321,25 @@ def test_cli_hf_sigkill_then_resume_matches_an_uninterrupted_run(checkpoint, tmp
 
 def test_api_resumes_a_killed_cli_run_of_an_hf_folder(checkpoint, tmp_path, cli):
     folder, text_file = checkpoint
-    args = ["--model", f"hf:{folder}", "--data", str(text_file), "--quiet", "--population-size", "8",
-            "--generations", "4", "--set", "model.context=32", "--set", "data.batch_size=4",
-            "--set", "data.val_sequences=8", "--set", "threads=1"]
+    args = [
+        "--model",
+        f"hf:{folder}",
+        "--data",
+        str(text_file),
+        "--quiet",
+        "--population-size",
+        "8",
+        "--generations",
+        "4",
+        "--set",
+        "model.context=32",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "data.val_sequences=8",
+        "--set",
+        "threads=1",
+    ]
     whole = cli("run", *args, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
     killed = cli_run_killed_after_checkpoints(2, *args, "--out", str(tmp_path / "cut"))

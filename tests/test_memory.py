@@ -57,8 +57,9 @@ print(json.dumps({"peak": peak, "weights": sum(p.numel() * p.element_size() for 
 
 def peak(mode: str, optimizer: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, optimizer], capture_output=True, text=True, check=True,
-                         env=env, timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, optimizer], capture_output=True, text=True, check=True, env=env, timeout=300
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -78,8 +79,16 @@ def test_es_adds_one_weight_copy_with_sgd_and_three_with_adam():
 
 
 def test_a_worker_holds_no_model_sized_buffer_but_the_snapshot_and_the_moments():
-    config = build_config(overrides=[("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64),
-                                     ("model.context", 16), ("strategy.population_size", 4)])
+    config = build_config(
+        overrides=[
+            ("model.width", 32),
+            ("model.layers", 1),
+            ("model.heads", 2),
+            ("model.ff", 64),
+            ("model.context", 16),
+            ("strategy.population_size", 4),
+        ]
+    )
     worker = Worker.from_config(config)
     assert worker.genome.buffer_bytes() == 0  # a worker that has scored nothing holds no noise
     assert worker.optimizer_state() is None
@@ -109,9 +118,19 @@ def test_a_finished_run_frees_its_search_state_before_the_closing_plot_and_sampl
         workers.append(worker)
         return worker
 
-    config = build_config(overrides=[("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64),
-                                     ("model.context", 16), ("data.batch_size", 2), ("data.val_sequences", 2),
-                                     ("strategy.population_size", 4), ("generations", 2)])
+    config = build_config(
+        overrides=[
+            ("model.width", 32),
+            ("model.layers", 1),
+            ("model.heads", 2),
+            ("model.ff", 64),
+            ("model.context", 16),
+            ("data.batch_size", 2),
+            ("data.val_sequences", 2),
+            ("strategy.population_size", 4),
+            ("generations", 2),
+        ]
+    )
     run(config, tmp_path / "run", progress=False, log=lambda *_: None, worker_factory=factory)
     (worker,) = workers
     assert worker.space.snapshot_bytes() == 0 and worker.optimizer_state() is None

@@ -8,9 +8,19 @@ from evolm.evaluators import LocalEvaluator
 from evolm.strategies import make_strategy
 from evolm.worker import Worker
 
-TINY = [("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
-        ("data.batch_size", 8), ("data.val_sequences", 16), ("threads", 1), ("strategy.name", "pbt"),
-        ("strategy.population_size", 4), ("strategy.pbt_steps", 10)]
+TINY = [
+    ("model.width", 32),
+    ("model.layers", 1),
+    ("model.heads", 2),
+    ("model.ff", 64),
+    ("model.context", 32),
+    ("data.batch_size", 8),
+    ("data.val_sequences", 16),
+    ("threads", 1),
+    ("strategy.name", "pbt"),
+    ("strategy.population_size", 4),
+    ("strategy.pbt_steps", 10),
+]
 
 
 def test_exploit_copies_weights_and_hyperparameters_from_a_better_member():

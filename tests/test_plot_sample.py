@@ -31,8 +31,15 @@ def write_metrics(run_dir, rows, tail=""):
 def synthetic_rows(generations=12, diversity=True):
     rows = []
     for g in range(generations):
-        row = {"generation": g, "wall_seconds": 0.1 * g, "best_fitness": -5.5 + 0.1 * g, "mean_fitness": -5.7 + 0.1 * g,
-               "std_fitness": 0.05, "val_loss": 5.6 - 0.09 * g, "evaluator_bytes_sent": 100}
+        row = {
+            "generation": g,
+            "wall_seconds": 0.1 * g,
+            "best_fitness": -5.5 + 0.1 * g,
+            "mean_fitness": -5.7 + 0.1 * g,
+            "std_fitness": 0.05,
+            "val_loss": 5.6 - 0.09 * g,
+            "evaluator_bytes_sent": 100,
+        }
         if diversity:
             row.update(distinct_2=0.3 + 0.01 * g, self_score=-4.0 + 0.05 * g)
         rows.append(row)
@@ -63,7 +70,10 @@ def test_plot_writes_a_png(tmp_path, diversity):
         (lambda d: d.write_text("x"), "is a file"),
         (lambda d: d.mkdir(), "metrics.jsonl is missing"),
         (lambda d: write_metrics(d, []), "holds no generations"),
-        (lambda d: write_metrics(d, [], tail='{"generation": 0}\nnot json\n{"generation": 2}\n'), "line 2 is not valid JSON"),
+        (
+            lambda d: write_metrics(d, [], tail='{"generation": 0}\nnot json\n{"generation": 2}\n'),
+            "line 2 is not valid JSON",
+        ),
         (lambda d: write_metrics(d, [], tail="[1, 2]\n"), "line 1 is not a JSON object"),
     ],
 )
@@ -77,7 +87,13 @@ def test_plot_refuses_a_bad_run_folder(tmp_path, setup, message):
 
 # ------------------------------------------------------------------ sample
 
-TINY_MODEL = [("model.width", "16"), ("model.layers", "1"), ("model.heads", "2"), ("model.ff", "32"), ("model.context", "16")]
+TINY_MODEL = [
+    ("model.width", "16"),
+    ("model.layers", "1"),
+    ("model.heads", "2"),
+    ("model.ff", "32"),
+    ("model.context", "16"),
+]
 
 
 def drop_none(value):
@@ -148,7 +164,9 @@ def _corrupt(run_dir, what, tmp_path):
     elif what == "pickle-weights":
         (run_dir / "model.safetensors").write_bytes(pickle.dumps({"head.weight": Evil(tmp_path / "marker")}))
     elif what in ("missing-key", "extra-key", "wrong-shape"):
-        weights = {k: v.contiguous() for k, v in build_model(build_config(overrides=TINY_MODEL).model, 0).state_dict().items()}
+        weights = {
+            k: v.contiguous() for k, v in build_model(build_config(overrides=TINY_MODEL).model, 0).state_dict().items()
+        }
         if what == "missing-key":
             weights.pop("head.weight")
         elif what == "extra-key":
@@ -192,8 +210,14 @@ def test_sample_refuses_a_bad_run_folder(tmp_path, what, message):
     assert not (tmp_path / "marker").exists()
 
 
-@pytest.mark.parametrize("kwargs, message", [({"tokens": -1}, "--tokens"), ({"temperature": -0.5}, "--temperature"),
-                                             ({"temperature": float("nan")}, "--temperature")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tokens": -1}, "--tokens"),
+        ({"temperature": -0.5}, "--temperature"),
+        ({"temperature": float("nan")}, "--temperature"),
+    ],
+)
 def test_sample_refuses_bad_arguments(gpt_run, kwargs, message):
     with pytest.raises(UsageError, match=message) as error:
         sample_text(gpt_run[0], **kwargs)
@@ -229,10 +253,21 @@ def test_a_run_ends_with_the_sample_of_its_saved_weights(tmp_path, strategy):
     is built from model.safetensors), and it is exactly what ``evolm sample`` writes from the folder."""
     from evolm.engine import run
 
-    config = build_config(overrides=[("strategy.name", strategy), ("model.width", 32), ("model.layers", 1),
-                                     ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
-                                     ("data.batch_size", 4), ("data.val_sequences", 4),
-                                     ("strategy.population_size", 8), ("generations", 3), ("seed", 3)])
+    config = build_config(
+        overrides=[
+            ("strategy.name", strategy),
+            ("model.width", 32),
+            ("model.layers", 1),
+            ("model.heads", 2),
+            ("model.ff", 64),
+            ("model.context", 32),
+            ("data.batch_size", 4),
+            ("data.val_sequences", 4),
+            ("strategy.population_size", 8),
+            ("generations", 3),
+            ("seed", 3),
+        ]
+    )
     lines = []
     run(config, tmp_path / "run", progress=False, log=lines.append)
     logged = [line for line in lines if line.startswith("evolm: sample (200 bytes")]

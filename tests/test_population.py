@@ -11,11 +11,18 @@ from evolm.population import population_log_likelihood
 from evolm.worker import build_model
 
 
-@pytest.mark.parametrize("model_name, params, rank", [("gpt", ".*", 1), ("gpt", "blocks.0|head", 3),
-                                                      ("lstm", ".*", 2)])
+@pytest.mark.parametrize("model_name, params, rank", [("gpt", ".*", 1), ("gpt", "blocks.0|head", 3), ("lstm", ".*", 2)])
 def test_batched_lowrank_fitness_matches_one_at_a_time(model_name, params, rank):
-    config = build_config(overrides=[("model.name", model_name), ("model.width", 32), ("model.layers", 2),
-                                     ("model.heads", 2), ("model.ff", 64), ("model.context", 16)])
+    config = build_config(
+        overrides=[
+            ("model.name", model_name),
+            ("model.width", 32),
+            ("model.layers", 2),
+            ("model.heads", 2),
+            ("model.ff", 64),
+            ("model.context", 16),
+        ]
+    )
     model = build_model(config.model, 0).eval()
     space = ParamSpace(model, params)
     genome = LowRankGenome(space, rank=rank)
@@ -33,8 +40,15 @@ def test_batched_lowrank_fitness_matches_one_at_a_time(model_name, params, rank)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (factors drawn on the GPU)")
 def test_batched_lowrank_pass_on_a_gpu_draws_factors_there_and_matches_one_at_a_time():
-    config = build_config(overrides=[("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64),
-                                     ("model.context", 16)])
+    config = build_config(
+        overrides=[
+            ("model.width", 32),
+            ("model.layers", 1),
+            ("model.heads", 2),
+            ("model.ff", 64),
+            ("model.context", 16),
+        ]
+    )
     model = build_model(config.model, 0).eval().cuda()
     genome = LowRankGenome(ParamSpace(model), rank=2)
     a, b = genome.factors(11, 0)
@@ -53,9 +67,19 @@ def test_the_batched_pass_never_copies_the_weights():
     from evolm.strategies.es import EsUpdate
     from evolm.worker import Worker
 
-    config = build_config(overrides=[("genome.name", "lowrank"), ("genome.batch_individuals", 4), ("model.width", 32),
-                                     ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 16),
-                                     ("data.batch_size", 4), ("data.val_sequences", 4)])
+    config = build_config(
+        overrides=[
+            ("genome.name", "lowrank"),
+            ("genome.batch_individuals", 4),
+            ("model.width", 32),
+            ("model.layers", 1),
+            ("model.heads", 2),
+            ("model.ff", 64),
+            ("model.context", 16),
+            ("data.batch_size", 4),
+            ("data.val_sequences", 4),
+        ]
+    )
     worker = Worker.from_config(config)
     assert worker.population_chunk == 4
     worker.evaluate([[(1, 0.02)], [(1, -0.02)], [(2, 0.02)], [(2, -0.02)]], generation=0)

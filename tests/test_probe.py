@@ -4,12 +4,12 @@ and the probe is cheap, leaves the module's mode and the global random state alo
 
 import pytest
 import torch
+from test_api import TINY, Interrupted, TimeMajorLSTM, interrupt_after_checkpoints, quiet
 from torch import nn
 
 import evolm.api as api
 from evolm.errors import UsageError
 from evolm.probe import PROBE_ROWS, PROBE_TOKENS, probe_language_model
-from test_api import TINY, Interrupted, TimeMajorLSTM, interrupt_after_checkpoints, quiet
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 400
 
@@ -88,13 +88,18 @@ def test_non_causal_modules_are_refused(tmp_path, corpus, module):
 
 def test_sound_modules_pass_the_probe():
     torch.manual_seed(0)
-    for model in (api.AdaptedModel(Attention(causal=True)), api.AdaptedModel(SeedLSTM(), api.time_major_io),
-                  api.AdaptedModel(TimeMajorLSTM(), api.time_major)):
+    for model in (
+        api.AdaptedModel(Attention(causal=True)),
+        api.AdaptedModel(SeedLSTM(), api.time_major_io),
+        api.AdaptedModel(TimeMajorLSTM(), api.time_major),
+    ):
         probe_language_model(model, 256, "cpu")
 
 
 def test_probe_false_skips_the_check(tmp_path, corpus):
-    summary = api.evolve(SeedLSTM, data=corpus, out=tmp_path / "run", log=quiet, probe=False, **dict(TINY, generations=2))
+    summary = api.evolve(
+        SeedLSTM, data=corpus, out=tmp_path / "run", log=quiet, probe=False, **dict(TINY, generations=2)
+    )
     assert summary["generations"] == 2
 
 

@@ -31,7 +31,9 @@ from evolm.worker import Worker
 
 # TINY as config overrides, fewer generations: enough for updates to move the center several times.
 GENERATIONS = 5
-TINY_OVERRIDES = [(TINY[i + 1].split("=", 1)[0], TINY[i + 1].split("=", 1)[1]) for i, flag in enumerate(TINY) if flag == "--set"]
+TINY_OVERRIDES = [
+    (TINY[i + 1].split("=", 1)[0], TINY[i + 1].split("=", 1)[1]) for i, flag in enumerate(TINY) if flag == "--set"
+]
 TINY_OVERRIDES += [("strategy.population_size", "16"), ("generations", str(GENERATIONS))]
 
 
@@ -49,7 +51,11 @@ def read_metrics(run_dir):
 
 
 def tiny_config(strategy="es", genome="seed", workers=0, extra=()):
-    overrides = TINY_OVERRIDES + [("strategy.name", strategy), ("genome.name", genome), ("evaluator.workers", str(workers))]
+    overrides = TINY_OVERRIDES + [
+        ("strategy.name", strategy),
+        ("genome.name", genome),
+        ("evaluator.workers", str(workers)),
+    ]
     return build_config(None, overrides + list(extra))
 
 
@@ -67,7 +73,9 @@ def local_metrics(tmp_path_factory):
 
     def get(strategy, genome):
         if (strategy, genome) not in cache:
-            cache[strategy, genome] = run_engine(tiny_config(strategy, genome), tmp_path_factory.mktemp(f"local-{strategy}-{genome}"))
+            cache[strategy, genome] = run_engine(
+                tiny_config(strategy, genome), tmp_path_factory.mktemp(f"local-{strategy}-{genome}")
+            )
         return cache[strategy, genome]
 
     return get
@@ -87,8 +95,12 @@ def test_ray_gives_the_same_metrics_as_in_process(ray_runtime, local_metrics, tm
 
 def test_novelty_on_ray_is_measured_against_the_whole_population(ray_runtime, tmp_path):
     """Each actor scores half the population; novelty, finished on the driver, still sees everyone."""
-    extra = [("fitness.terms", "likelihood=1,diversity=0.5,novelty=1"), ("fitness.prompts", "4"),
-             ("fitness.generate_tokens", "12"), ("generations", "3")]
+    extra = [
+        ("fitness.terms", "likelihood=1,diversity=0.5,novelty=1"),
+        ("fitness.prompts", "4"),
+        ("fitness.generate_tokens", "12"),
+        ("generations", "3"),
+    ]
     local = run_engine(tiny_config(extra=extra), tmp_path / "local")
     rows = run_engine(tiny_config(workers=2, extra=extra), tmp_path / "ray")
     assert comparable(rows) == comparable(local)
@@ -297,20 +309,31 @@ class DriftingRefinement:
 def test_an_actor_that_drifts_in_refinement_is_resynchronised(ray_runtime, tmp_path):
     """After a refinement update the evaluator compares every actor's checksum with the driver's and
     resynchronises the one that drifted: the run equals an in-process run with the same refinement."""
-    from evolm.engine import run
-
     from ray import cloudpickle
+
+    from evolm.engine import run
 
     extra = [("refine.every", "2"), ("refine.steps", "2"), ("generations", "4")]
     marker = str(tmp_path / "drifter")
     factory = DriftingRefinement(marker)
-    run(tiny_config(extra=extra), out_dir=tmp_path / "local", progress=False, log=lambda *a: None, worker_factory=factory)
+    run(
+        tiny_config(extra=extra),
+        out_dir=tmp_path / "local",
+        progress=False,
+        log=lambda *a: None,
+        worker_factory=factory,
+    )
     assert not os.path.exists(marker)  # no actor in-process: nothing drifted
     # Actors cannot import this test module: its factory travels by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
-        run(tiny_config(workers=2, extra=extra), out_dir=tmp_path / "ray", progress=False, log=lambda *a: None,
-            worker_factory=factory)
+        run(
+            tiny_config(workers=2, extra=extra),
+            out_dir=tmp_path / "ray",
+            progress=False,
+            log=lambda *a: None,
+            worker_factory=factory,
+        )
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     local, rows = read_metrics(tmp_path / "local"), read_metrics(tmp_path / "ray")
@@ -349,8 +372,14 @@ def test_a_runtime_evolm_starts_listens_on_loopback_only(tmp_path):
     overrides = TINY_OVERRIDES + [("evaluator.workers", "2")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run([sys.executable, "-c", LISTENERS.format(overrides=overrides)], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-c", LISTENERS.format(overrides=overrides)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     sockets = found["sockets"]
@@ -369,7 +398,16 @@ def free_port() -> int:
 
 def test_unreachable_address_is_one_line_and_exit_2(tmp_path):
     started = time.monotonic()
-    result = run_cli("run", *TINY, "--ray-address", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "out"), "--quiet", timeout=120)
+    result = run_cli(
+        "run",
+        *TINY,
+        "--ray-address",
+        f"127.0.0.1:{free_port()}",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ray_address" in lines[0] and "Traceback" not in result.stderr, result.stderr
@@ -382,7 +420,9 @@ def test_address_that_is_not_a_ray_head_is_one_line_and_exit_2(tmp_path):
         silent.listen()
         port = silent.getsockname()[1]
         started = time.monotonic()
-        result = run_cli("run", *TINY, "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "out"), "--quiet", timeout=120)
+        result = run_cli(
+            "run", *TINY, "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "out"), "--quiet", timeout=120
+        )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a Ray cluster" in lines[0], result.stderr
@@ -402,8 +442,13 @@ print(json.dumps({{"nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]], "c
 def start_node(arguments, log_path, env, timeout=90):
     """``ray start --block`` in its own session; returns once the node reports it is up."""
     log = open(log_path, "w")
-    process = subprocess.Popen([RAY, "start", "--block", "--log-style=record", *arguments], env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [RAY, "start", "--block", "--log-style=record", *arguments],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + timeout
     while "Ray runtime started" not in Path(log_path).read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -434,28 +479,56 @@ def test_cli_joins_a_two_node_cluster(tmp_path, monkeypatch):
     address = f"127.0.0.1:{port}"
     # Ray's socket paths must stay under 108 bytes: a short folder of our own, not pytest's long tmp_path.
     temp_dir = tempfile.mkdtemp(prefix="evolm-ray-", dir="/tmp")
-    node = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", "--object-store-memory=80000000",
-            f"--temp-dir={temp_dir}"]
+    node = [
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        "--disable-usage-stats",
+        "--object-store-memory=80000000",
+        f"--temp-dir={temp_dir}",
+    ]
     processes = []
     try:
-        processes.append(start_node(["--head", f"--port={port}", "--include-dashboard=false", *node], tmp_path / "head.log", env))
+        processes.append(
+            start_node(["--head", f"--port={port}", "--include-dashboard=false", *node], tmp_path / "head.log", env)
+        )
         processes.append(start_node([f"--address={address}", *node], tmp_path / "node.log", env))
         monkeypatch.setenv("RAY_AUTH_MODE", "token")
         monkeypatch.setenv("RAY_AUTH_TOKEN", token)
         out = tmp_path / "run"
-        result = run_cli("run", *TINY, "--generations", "3", "--ray-address", address, "--workers", "2",
-                         "--out", str(out), "--quiet", timeout=240)
+        result = run_cli(
+            "run",
+            *TINY,
+            "--generations",
+            "3",
+            "--ray-address",
+            address,
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+            timeout=240,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         rows = read_metrics(out)
-        assert len(rows) == 3 and all(row["evaluator_actors_alive"] == 2 and row["evaluator_nodes"] == 2 for row in rows), rows[-1]
-        listing = subprocess.run([sys.executable, "-c", NODE_LISTING.format(address=address)], env=env,
-                                 capture_output=True, text=True, timeout=120)
+        assert len(rows) == 3 and all(
+            row["evaluator_actors_alive"] == 2 and row["evaluator_nodes"] == 2 for row in rows
+        ), rows[-1]
+        listing = subprocess.run(
+            [sys.executable, "-c", NODE_LISTING.format(address=address)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert listing.returncode == 0, listing.stderr[-3000:]
         found = json.loads(listing.stdout.strip().splitlines()[-1])
         assert len(found["nodes"]) == 2 and found["cpus"] == 2, found  # the actors ran on both (evaluator_nodes)
         # Without the cluster's token, joining fails with one line, not a hang.
         monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        wrong = run_cli("run", *TINY, "--ray-address", address, "--out", str(tmp_path / "wrong"), "--quiet", timeout=120)
+        wrong = run_cli(
+            "run", *TINY, "--ray-address", address, "--out", str(tmp_path / "wrong"), "--quiet", timeout=120
+        )
         assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr[-3000:]
     finally:
         stop_nodes(processes)

@@ -10,9 +10,20 @@ from evolm.refine import maybe_refine
 from evolm.strategies import make_strategy
 from evolm.worker import Worker
 
-TINY = [("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
-        ("data.batch_size", 8), ("data.val_sequences", 16), ("threads", 1), ("strategy.population_size", 8),
-        ("refine.every", 1), ("refine.steps", 5), ("refine.batch_size", 8)]
+TINY = [
+    ("model.width", 32),
+    ("model.layers", 1),
+    ("model.heads", 2),
+    ("model.ff", 64),
+    ("model.context", 32),
+    ("data.batch_size", 8),
+    ("data.val_sequences", 16),
+    ("threads", 1),
+    ("strategy.population_size", 8),
+    ("refine.every", 1),
+    ("refine.steps", 5),
+    ("refine.batch_size", 8),
+]
 
 
 def setup(strategy, mode, loss="likelihood"):

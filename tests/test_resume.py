@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, TINY, read_metrics, run_cli
+
 from evolm.engine import WALL_CLOCK_FIELDS
 
 
@@ -51,8 +51,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(finished, tmp_path, st
     out = tmp_path / "killed"
     kill_after = random.Random().randint(1, 10)  # a random generation, as the issue asks
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "evolm", "run", *args, "--out", str(out), "--quiet"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evolm", "run", *args, "--out", str(out), "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -102,9 +106,21 @@ IN_PROCESS = {
 def in_process_config(strategy):
     from evolm.config import build_config, parse_assignment
 
-    settings = ["model.width=32", "model.layers=1", "model.heads=2", "model.ff=64", "model.context=32",
-                "data.batch_size=8", "data.val_sequences=16", "strategy.population_size=8", "generations=6",
-                "fitness.prompts=2", "fitness.generate_tokens=8", "threads=1", *IN_PROCESS[strategy]]
+    settings = [
+        "model.width=32",
+        "model.layers=1",
+        "model.heads=2",
+        "model.ff=64",
+        "model.context=32",
+        "data.batch_size=8",
+        "data.val_sequences=16",
+        "strategy.population_size=8",
+        "generations=6",
+        "fitness.prompts=2",
+        "fitness.generate_tokens=8",
+        "threads=1",
+        *IN_PROCESS[strategy],
+    ]
     return build_config(None, [parse_assignment(s) for s in settings])
 
 
@@ -113,8 +129,11 @@ def global_states():
 
 
 def same_states(a, b) -> bool:
-    return (a[0] == b[0] and all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a[1], b[1]))
-            and torch.equal(a[2], b[2]))
+    return (
+        a[0] == b[0]
+        and all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a[1], b[1]))
+        and torch.equal(a[2], b[2])
+    )
 
 
 class Interrupted(Exception):
@@ -123,6 +142,7 @@ class Interrupted(Exception):
 
 def interrupting_factory(stop_at):
     """The standard worker, cut off while the engine logs generation ``stop_at`` (a crash mid-run)."""
+
     def factory(config):
         from evolm.worker import Worker
 
@@ -136,6 +156,7 @@ def interrupting_factory(stop_at):
 
         worker.report = report_until
         return worker
+
     return factory
 
 
@@ -244,7 +265,9 @@ def test_each_line_reports_the_checkpoint_written_since_the_line_before(tmp_path
 
     set_dotted(config, "checkpoint_every", 0)
     summary = engine.run(config, tmp_path / "none", progress=False, log=lambda *_: None)
-    assert all(line["checkpoint_bytes"] == 0 and line["checkpoint_seconds"] == 0 for line in read_metrics(tmp_path / "none"))
+    assert all(
+        line["checkpoint_bytes"] == 0 and line["checkpoint_seconds"] == 0 for line in read_metrics(tmp_path / "none")
+    )
     assert summary["last_checkpoint_bytes"] == 0 and not (tmp_path / "none" / "checkpoint").exists()
 
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from functions import minimise, rastrigin, sphere
 
 from evolm.config import build_config
 from evolm.engine import WALL_CLOCK_FIELDS, run
 from evolm.strategies import STRATEGIES
-from functions import minimise, rastrigin, sphere
 
 # strategy -> (genome for standard functions, settings). Thresholds: sphere (20-d, starts at 29.5)
 # must fall below 0.05; Rastrigin (20-d, starts at 219.5, global optimum 0, many local minima)
@@ -32,16 +32,26 @@ def test_every_registered_strategy_has_a_case():
 
 
 @pytest.mark.parametrize("name", SEARCH_STRATEGIES)
-@pytest.mark.parametrize("function, threshold", [(sphere, 0.05), (rastrigin, 0.25 * float(rastrigin(TARGET)))],
-                         ids=["sphere", "rastrigin"])
+@pytest.mark.parametrize(
+    "function, threshold", [(sphere, 0.05), (rastrigin, 0.25 * float(rastrigin(TARGET)))], ids=["sphere", "rastrigin"]
+)
 def test_strategy_reaches_the_optimum_region(name, function, threshold):
     genome, settings = FUNCTION_CASES[name]
     config = build_config(overrides=[("strategy.name", name), ("genome.name", genome), ("generations", 200), *settings])
     assert minimise(config, function, TARGET) < threshold
 
 
-TINY_LM = [("model.width", 32), ("model.layers", 1), ("model.heads", 2), ("model.ff", 64), ("model.context", 32),
-           ("data.batch_size", 8), ("data.val_sequences", 16), ("threads", 1), ("generations", 12)]
+TINY_LM = [
+    ("model.width", 32),
+    ("model.layers", 1),
+    ("model.heads", 2),
+    ("model.ff", 64),
+    ("model.context", 32),
+    ("data.batch_size", 8),
+    ("data.val_sequences", 16),
+    ("threads", 1),
+    ("generations", 12),
+]
 LM_CASES = [
     ("es", "seed", ".*", [("strategy.population_size", 16)]),
     ("es", "lowrank", ".*", [("strategy.population_size", 16), ("genome.rank", 2)]),
@@ -55,8 +65,9 @@ LM_CASES = [
 
 @pytest.mark.parametrize("name, genome, params, settings", LM_CASES, ids=[f"{c[0]}-{c[1]}" for c in LM_CASES])
 def test_strategy_lowers_validation_loss_of_a_tiny_language_model(tmp_path, name, genome, params, settings):
-    config = build_config(overrides=[*TINY_LM, ("strategy.name", name), ("genome.name", genome),
-                                     ("genome.params", params), *settings])
+    config = build_config(
+        overrides=[*TINY_LM, ("strategy.name", name), ("genome.name", genome), ("genome.params", params), *settings]
+    )
     summary = run(config, tmp_path / "run", progress=False, log=lambda *a: None)
     assert summary["val_loss_final"] < summary["val_loss_initial"] - 0.05, summary
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -71,8 +82,14 @@ def test_strategy_lowers_validation_loss_of_a_tiny_language_model(tmp_path, name
 
 @pytest.mark.parametrize("name, genome", [("ga", "seed"), ("cmaes", "vector")])
 def test_same_seed_same_results(tmp_path, name, genome):
-    overrides = [*TINY_LM, ("generations", 4), ("strategy.name", name), ("genome.name", genome),
-                 ("genome.params", "head.bias"), ("strategy.population_size", 8)]
+    overrides = [
+        *TINY_LM,
+        ("generations", 4),
+        ("strategy.name", name),
+        ("genome.name", genome),
+        ("genome.params", "head.bias"),
+        ("strategy.population_size", 8),
+    ]
     rows = []
     for attempt in range(2):
         run(build_config(overrides=overrides), tmp_path / str(attempt), progress=False, log=lambda *a: None)
@@ -84,10 +101,16 @@ def test_same_seed_same_results(tmp_path, name, genome):
 # --- what choosing a strategy chooses (evolm.config.STRATEGY_DEFAULTS) -------------------------------------------
 
 
-@pytest.mark.parametrize("name, population, genome, params", [
-    ("es", 48, "seed", ".*"), ("ga", 48, "seed", ".*"), ("nsga2", 48, "seed", ".*"),
-    ("cmaes", 24, "vector", "norm|head.bias"), ("pbt", 8, "seed", ".*"),
-])
+@pytest.mark.parametrize(
+    "name, population, genome, params",
+    [
+        ("es", 48, "seed", ".*"),
+        ("ga", 48, "seed", ".*"),
+        ("nsga2", 48, "seed", ".*"),
+        ("cmaes", 24, "vector", "norm|head.bias"),
+        ("pbt", 8, "seed", ".*"),
+    ],
+)
 def test_choosing_a_strategy_chooses_its_defaults(name, population, genome, params):
     config = build_config(overrides=[("strategy.name", name)])
     assert (config.strategy.population_size, config.genome.name, config.genome.params) == (population, genome, params)
@@ -98,15 +121,21 @@ def test_explicit_settings_win_over_strategy_defaults(tmp_path):
     from evolm.config import validate
 
     # --set / flags, in either order relative to the strategy
-    for overrides in ([("strategy.population_size", 48), ("strategy.name", "pbt")],
-                      [("strategy.name", "pbt"), ("strategy.population_size", "48")]):
+    for overrides in (
+        [("strategy.population_size", 48), ("strategy.name", "pbt")],
+        [("strategy.name", "pbt"), ("strategy.population_size", "48")],
+    ):
         assert build_config(overrides=overrides).strategy.population_size == 48
     # a --config file
     toml = tmp_path / "settings.toml"
     toml.write_text('[strategy]\nname = "cmaes"\npopulation_size = 10\nsigma = 0.05\n[genome]\nparams = "head.bias"\n')
     config = build_config(toml)
-    assert (config.strategy.population_size, config.strategy.sigma, config.genome.name, config.genome.params) == \
-        (10, 0.05, "vector", "head.bias")
+    assert (config.strategy.population_size, config.strategy.sigma, config.genome.name, config.genome.params) == (
+        10,
+        0.05,
+        "vector",
+        "head.bias",
+    )
     # the Python API's settings
     config = make_config(settings={"strategy": "pbt", "population_size": 6})
     validate(config)
@@ -150,13 +179,20 @@ def mostly_diverging(function, share: float = 0.7):
 def test_cmaes_keeps_learning_when_most_individuals_diverge():
     """About 70% of every generation diverges (fewer finite individuals than CMA's mu = lambda/2, where DEAP's
     update used to fail): the update sees all lambda, diverged ones ranked last, and the search still converges."""
+    from functions import function_worker
+
     from evolm.engine import step_generation
     from evolm.evaluators import LocalEvaluator
     from evolm.strategies import make_strategy
-    from functions import function_worker
 
-    config = build_config(overrides=[("strategy.name", "cmaes"), ("genome.name", "vector"), ("strategy.population_size", 20),
-                                     ("strategy.sigma", 1.0)])
+    config = build_config(
+        overrides=[
+            ("strategy.name", "cmaes"),
+            ("genome.name", "vector"),
+            ("strategy.population_size", 20),
+            ("strategy.sigma", 1.0),
+        ]
+    )
     worker = function_worker(config, mostly_diverging(sphere), TARGET)
     strategy = make_strategy(config, worker)
     evaluator = LocalEvaluator(worker)
@@ -174,8 +210,14 @@ def test_cmaes_keeps_learning_when_most_individuals_diverge():
 def test_cmaes_halves_its_step_when_a_whole_generation_diverges():
     from functions import function_worker
 
-    config = build_config(overrides=[("strategy.name", "cmaes"), ("genome.name", "vector"), ("strategy.population_size", 8),
-                                     ("strategy.sigma", 1.0)])
+    config = build_config(
+        overrides=[
+            ("strategy.name", "cmaes"),
+            ("genome.name", "vector"),
+            ("strategy.population_size", 8),
+            ("strategy.sigma", 1.0),
+        ]
+    )
     strategy = STRATEGIES["cmaes"](config)
     strategy.bind(function_worker(config, sphere, TARGET))
     centroid = strategy.best_genes().copy()
@@ -200,9 +242,17 @@ def test_nsga2_picks_parents_by_dominance_and_crowding_not_lexicographic_order()
     """
     from evolm.individuals import make_vector_individual
 
-    config = build_config(overrides=[("strategy.name", "nsga2"), ("genome.name", "vector"),
-                                     ("fitness.terms", "likelihood=1,diversity=1"), ("strategy.population_size", 8),
-                                     ("strategy.cxpb", 0), ("strategy.mutpb", 0), ("strategy.elites", 0)])
+    config = build_config(
+        overrides=[
+            ("strategy.name", "nsga2"),
+            ("genome.name", "vector"),
+            ("fitness.terms", "likelihood=1,diversity=1"),
+            ("strategy.population_size", 8),
+            ("strategy.cxpb", 0),
+            ("strategy.mutpb", 0),
+            ("strategy.elites", 0),
+        ]
+    )
     strategy = STRATEGIES["nsga2"](config)
     f1_minus_f2, most_picks = [], 0
     for generation in range(25):
@@ -226,9 +276,16 @@ def test_nsga2_parents_never_lose_to_a_dominated_partner():
     dominating one goes through. With a clear front and a clearly dominated half, the front supplies most parents."""
     from evolm.individuals import make_vector_individual
 
-    config = build_config(overrides=[("strategy.name", "nsga2"), ("genome.name", "vector"),
-                                     ("fitness.terms", "likelihood=1,diversity=1"), ("strategy.population_size", 8),
-                                     ("strategy.cxpb", 0), ("strategy.mutpb", 0)])
+    config = build_config(
+        overrides=[
+            ("strategy.name", "nsga2"),
+            ("genome.name", "vector"),
+            ("fitness.terms", "likelihood=1,diversity=1"),
+            ("strategy.population_size", 8),
+            ("strategy.cxpb", 0),
+            ("strategy.mutpb", 0),
+        ]
+    )
     strategy = STRATEGIES["nsga2"](config)
     front = [(0.0, 3.0), (1.0, 2.0), (2.0, 1.0), (3.0, 0.0)]
     dominated = [(f1 - 10.0, f2 - 10.0) for f1, f2 in front]  # each dominated by every front member

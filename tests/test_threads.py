@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import TINY, read_metrics, run_cli, without_wall_clock
+
 from evolm.config import build_config
 from evolm.engine import make_worker, run
 from evolm.errors import UsageError
@@ -19,8 +19,10 @@ def run_metrics(tmp_path, name, extra):
     config = build_config(overrides=[*OVERRIDES, *extra])
     run(config, tmp_path / name, progress=False, log=lambda *a: None)
     # Checkpoint cost figures are wall-clock too (the checkpoint holds the run's wall time).
-    return [{k: v for k, v in row.items() if k not in ("checkpoint_seconds", "checkpoint_bytes")}
-            for row in without_wall_clock(read_metrics(tmp_path / name))]
+    return [
+        {k: v for k, v in row.items() if k not in ("checkpoint_seconds", "checkpoint_bytes")}
+        for row in without_wall_clock(read_metrics(tmp_path / name))
+    ]
 
 
 CASES = {
@@ -44,8 +46,15 @@ def test_threads_backend_gives_the_in_process_metrics(tmp_path, case):
 
 
 def test_replicas_are_whole_workers_and_slices_cover_the_population():
-    config = build_config(overrides=[*OVERRIDES, ("evaluator.workers", 3), ("evaluator.backend", "threads"),
-                                     ("genome.name", "lowrank"), ("genome.batch_individuals", 4)])
+    config = build_config(
+        overrides=[
+            *OVERRIDES,
+            ("evaluator.workers", 3),
+            ("evaluator.backend", "threads"),
+            ("genome.name", "lowrank"),
+            ("genome.batch_individuals", 4),
+        ]
+    )
     worker = make_worker(config)
     evaluator = make_evaluator(config, worker)
     try:
@@ -68,8 +77,19 @@ def test_backend_errors_name_the_field():
 
 
 def test_cli_runs_on_threads(tmp_path):
-    result = run_cli("run", *TINY, "--generations", "3", "--workers", "2", "--backend", "threads",
-                     "--out", str(tmp_path / "run"), "--quiet")
+    result = run_cli(
+        "run",
+        *TINY,
+        "--generations",
+        "3",
+        "--workers",
+        "2",
+        "--backend",
+        "threads",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     assert [row["generation"] for row in read_metrics(tmp_path / "run")] == [0, 1, 2]
     bad = run_cli("run", *TINY, "--backend", "mpi", "--out", str(tmp_path / "bad"), "--quiet")

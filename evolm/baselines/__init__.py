@@ -34,9 +34,9 @@ import sys
 import time
 from pathlib import Path
 
+import tomli_w
 import torch
 import torch.nn.functional as F
-import tomli_w
 
 from evolm.data import Corpus
 from evolm.engine import json_number, prepare_run_dir, save_model_file, toml_ready, write_json
@@ -86,8 +86,16 @@ class TokenEnvironment:
     ``options={"prompts": tensor}``.
     """
 
-    def __init__(self, scorer, corpus: Corpus, episodes: int, prompt_tokens: int, generate_tokens: int,
-                 generator: torch.Generator, device=torch.device("cpu")):
+    def __init__(
+        self,
+        scorer,
+        corpus: Corpus,
+        episodes: int,
+        prompt_tokens: int,
+        generate_tokens: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+    ):
         self.scorer = scorer
         self.corpus = corpus
         self.episodes = episodes
@@ -133,8 +141,18 @@ class TokenEnvironment:
 class BaselineRun:
     """What every baseline shares: budget, corpus, initial model, validation, logging, the run folder."""
 
-    def __init__(self, method: str, config, out_dir, budget_seconds=None, budget_tokens=None, steps=None,
-                 log_every: int = 10, overwrite: bool = False, log=print):
+    def __init__(
+        self,
+        method: str,
+        config,
+        out_dir,
+        budget_seconds=None,
+        budget_tokens=None,
+        steps=None,
+        log_every: int = 10,
+        overwrite: bool = False,
+        log=print,
+    ):
         self.started = time.perf_counter()
         check_positive("budget_seconds", budget_seconds, allow_none=True)
         check_positive("budget_tokens", budget_tokens, allow_none=True)
@@ -217,8 +235,15 @@ class BaselineRun:
         # reinforce's reward is the frozen model's score: its report says how well it optimised that.
         judged_by_reference = fitness.scorer == "reference" or self.method == "reinforce"
         scorer = self.reference if judged_by_reference else self.model
-        environment = TokenEnvironment(scorer, self.corpus, len(prompts), prompts.shape[1],
-                                       fitness.generate_tokens, torch_generator(self.config.seed, "report"), self.device)
+        environment = TokenEnvironment(
+            scorer,
+            self.corpus,
+            len(prompts),
+            prompts.shape[1],
+            fitness.generate_tokens,
+            torch_generator(self.config.seed, "report"),
+            self.device,
+        )
         generator = torch_generator(self.config.seed, "report-sampling")
         training = self.model.training
         self.model.eval()
@@ -233,7 +258,10 @@ class BaselineRun:
             if not truncated:
                 logits, state = self.model.step(action.unsqueeze(1), state)
         self.model.train(training)
-        return {"self_score": torch.stack(rewards).mean().item(), "distinct_2": distinct_n(torch.stack(actions, dim=1), 2)}
+        return {
+            "self_score": torch.stack(rewards).mean().item(),
+            "distinct_2": distinct_n(torch.stack(actions, dim=1), 2),
+        }
 
     # -- budget and bookkeeping ---------------------------------------------------------------
     def elapsed(self) -> float:
@@ -319,11 +347,13 @@ class BaselineRun:
 
     def announce(self, details: str) -> None:
         budget = ", ".join(
-            text for text in (
+            text
+            for text in (
                 f"{self.budget_seconds:g} s" if self.budget_seconds else "",
                 f"{self.budget_tokens:,} forward tokens" if self.budget_tokens else "",
                 f"{self.steps} steps" if self.steps else "",
-            ) if text
+            )
+            if text
         )
         self.log(
             f"evolm: baseline {self.method} on {self.config.model.name} with {count_parameters(self.model):,} parameters, "
@@ -347,4 +377,13 @@ from evolm.baselines.reinforce import run_reinforce  # noqa: E402
 
 BASELINES = {"adam": run_adam, "reinforce": run_reinforce, "mezo": run_mezo}
 
-__all__ = ["BASELINES", "BaselineRun", "TokenEnvironment", "distinct_n", "run_adam", "run_mezo", "run_reinforce", "sample_tokens"]
+__all__ = [
+    "BASELINES",
+    "BaselineRun",
+    "TokenEnvironment",
+    "distinct_n",
+    "run_adam",
+    "run_mezo",
+    "run_reinforce",
+    "sample_tokens",
+]

@@ -17,9 +17,19 @@ from evolm.baselines import BaselineRun, check_positive
 from evolm.seeding import derive_seed, scoped_torch_seed, torch_generator
 
 
-def run_adam(config, out_dir, budget_seconds=None, budget_tokens=None, log=print, *,
-             learning_rate: float = 3e-3, batch_size: int = 32, steps: int | None = None,
-             log_every: int = 25, overwrite: bool = False) -> dict:
+def run_adam(
+    config,
+    out_dir,
+    budget_seconds=None,
+    budget_tokens=None,
+    log=print,
+    *,
+    learning_rate: float = 3e-3,
+    batch_size: int = 32,
+    steps: int | None = None,
+    log_every: int = 25,
+    overwrite: bool = False,
+) -> dict:
     """Train with Adam until the first of ``budget_seconds``, ``budget_tokens`` or ``steps`` runs out.
 
     ``batch_size`` 32 (windows of ``model.context`` tokens) and ``learning_rate`` 3e-3 are the reference

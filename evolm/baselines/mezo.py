@@ -46,9 +46,20 @@ def batch_loss(model, batch) -> float:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.targets.reshape(-1)).item()
 
 
-def run_mezo(config, out_dir, budget_seconds=None, budget_tokens=None, log=print, *,
-             learning_rate: float = 3e-3, epsilon: float = 1e-3, batch_size: int | None = None,
-             steps: int | None = None, log_every: int = 100, overwrite: bool = False) -> dict:
+def run_mezo(
+    config,
+    out_dir,
+    budget_seconds=None,
+    budget_tokens=None,
+    log=print,
+    *,
+    learning_rate: float = 3e-3,
+    epsilon: float = 1e-3,
+    batch_size: int | None = None,
+    steps: int | None = None,
+    log_every: int = 100,
+    overwrite: bool = False,
+) -> dict:
     """Zeroth-order SGD until the first of ``budget_seconds``, ``budget_tokens`` or ``steps`` runs out.
 
     ``batch_size`` defaults to ``data.batch_size``, the batch an ES generation scores (equal forward

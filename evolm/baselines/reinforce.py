@@ -37,10 +37,21 @@ def rewards_to_go(rewards: torch.Tensor) -> torch.Tensor:
     return rewards.flip(1).cumsum(1).flip(1)
 
 
-def run_reinforce(config, out_dir, budget_seconds=None, budget_tokens=None, log=print, *,
-                  learning_rate: float = 1e-3, episodes: int = 32, prompt_tokens: int | None = None,
-                  generate_tokens: int | None = None, steps: int | None = None, log_every: int = 10,
-                  overwrite: bool = False) -> dict:
+def run_reinforce(
+    config,
+    out_dir,
+    budget_seconds=None,
+    budget_tokens=None,
+    log=print,
+    *,
+    learning_rate: float = 1e-3,
+    episodes: int = 32,
+    prompt_tokens: int | None = None,
+    generate_tokens: int | None = None,
+    steps: int | None = None,
+    log_every: int = 10,
+    overwrite: bool = False,
+) -> dict:
     """REINFORCE until the first of ``budget_seconds``, ``budget_tokens`` or ``steps`` runs out.
 
     ``prompt_tokens`` and ``generate_tokens`` default to the fitness section's; ``episodes`` run in
@@ -52,22 +63,38 @@ def run_reinforce(config, out_dir, budget_seconds=None, budget_tokens=None, log=
     check_positive("learning_rate", learning_rate)
     check_positive("episodes", episodes)
     if not temperature > 0:
-        raise UsageError(f"config field fitness.temperature must be positive for reinforce (a stochastic policy), "
-                         f"got {temperature}")
+        raise UsageError(
+            f"config field fitness.temperature must be positive for reinforce (a stochastic policy), got {temperature}"
+        )
     check_episode_fits(config, prompt_tokens, generate_tokens)
-    options = {"learning_rate": learning_rate, "episodes": episodes, "prompt_tokens": prompt_tokens,
-               "generate_tokens": generate_tokens, "temperature": temperature, "log_every": log_every}
+    options = {
+        "learning_rate": learning_rate,
+        "episodes": episodes,
+        "prompt_tokens": prompt_tokens,
+        "generate_tokens": generate_tokens,
+        "temperature": temperature,
+        "log_every": log_every,
+    }
     run = BaselineRun("reinforce", config, out_dir, budget_seconds, budget_tokens, steps, log_every, overwrite, log)
     try:
         policy = run.model.eval()  # sampling and the gradient pass must see the same distribution
         optimizer = torch.optim.Adam(run.trainable_parameters(), lr=learning_rate)
-        environment = TokenEnvironment(run.reference, run.corpus, episodes, prompt_tokens, generate_tokens,
-                                       torch_generator(config.seed, "reinforce", "prompts"), run.device)
+        environment = TokenEnvironment(
+            run.reference,
+            run.corpus,
+            episodes,
+            prompt_tokens,
+            generate_tokens,
+            torch_generator(config.seed, "reinforce", "prompts"),
+            run.device,
+        )
         sampling = torch_generator(config.seed, "reinforce", "sampling")
         episode_tokens = episodes * (prompt_tokens + generate_tokens - 1)
         step_tokens = 3 * episode_tokens
-        run.announce(f"REINFORCE lr {learning_rate:g}, {episodes} episodes of "
-                     f"{prompt_tokens} prompt + {generate_tokens} generated tokens, scorer: the frozen initial model")
+        run.announce(
+            f"REINFORCE lr {learning_rate:g}, {episodes} episodes of "
+            f"{prompt_tokens} prompt + {generate_tokens} generated tokens, scorer: the frozen initial model"
+        )
         while run.can_step(step_tokens):
             # 1-2. Roll out a batch of episodes; the environment rewards every token.
             observation, _ = environment.reset()

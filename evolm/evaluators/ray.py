@@ -71,16 +71,20 @@ class RayEvaluator:
         self.threads = max(1, settings.threads_per_worker)
         self.gpus = float(settings.gpus_per_worker)
         if self.gpus < 0:
-            raise UsageError(f"config field evaluator.gpus_per_worker must be 0 or positive, got {settings.gpus_per_worker}")
+            raise UsageError(
+                f"config field evaluator.gpus_per_worker must be 0 or positive, got {settings.gpus_per_worker}"
+            )
         self.device = "cuda" if self.gpus > 0 else "cpu"
         driver_device = getattr(worker, "device", None) or next(worker.model.parameters()).device
         driver_type = torch.device(driver_device).type
         if driver_type != self.device:
             # Noise is drawn on the device that holds the weights and CPU and CUDA generators differ:
             # every copy of the model that must agree (driver, actors) uses one device type.
-            raise UsageError(f"config field evaluator.gpus_per_worker: {settings.gpus_per_worker:g} puts Ray actors on "
-                             f"{self.device} but the driver's model is on {driver_type}; use one device type per run "
-                             f"(device=cuda with gpus_per_worker > 0, or device=cpu with gpus_per_worker=0)")
+            raise UsageError(
+                f"config field evaluator.gpus_per_worker: {settings.gpus_per_worker:g} puts Ray actors on "
+                f"{self.device} but the driver's model is on {driver_type}; use one device type per run "
+                f"(device=cuda with gpus_per_worker > 0, or device=cpu with gpus_per_worker=0)"
+            )
         self._factory = getattr(worker, "factory", None)  # engine.make_worker records it; it must pickle
         self._owns_runtime = connect(settings, settings.workers * self.threads)
         self.target = actor_count(settings.workers, self.threads, self.gpus)
@@ -121,11 +125,9 @@ class RayEvaluator:
         global _ACTOR_CLASS
         if _ACTOR_CLASS is None:
             _ACTOR_CLASS = ray.remote(EvaluationActor)
-        actor = (
-            _ACTOR_CLASS
-            .options(num_cpus=self.threads, num_gpus=self.gpus, max_restarts=0, scheduling_strategy="SPREAD")
-            .remote(self.config, self.threads, self.device, self._factory)
-        )
+        actor = _ACTOR_CLASS.options(
+            num_cpus=self.threads, num_gpus=self.gpus, max_restarts=0, scheduling_strategy="SPREAD"
+        ).remote(self.config, self.threads, self.device, self._factory)
         self._slots.append(_Slot(actor=actor, ready_ref=actor.ready.remote()))
 
     def _replace(self) -> None:
@@ -172,7 +174,9 @@ class RayEvaluator:
                 self._lose(slot)
                 continue
             if checksum != expected:
-                raise RuntimeError(f"Ray actor on node {slot.node_id[:8]} still disagrees with the driver after a resync")
+                raise RuntimeError(
+                    f"Ray actor on node {slot.node_id[:8]} still disagrees with the driver after a resync"
+                )
         self.resyncs += len(slots)
 
     def _became_ready(self, slot: _Slot, info_ref) -> None:
@@ -329,7 +333,9 @@ class RayEvaluator:
                 self._count(payload_bytes(checksums[slot]))
         # An actor can drift from the driver even on a deterministic update's input: CUDA's embedding
         # backward (refinement) adds in a nondeterministic order. The driver's weights are the reference.
-        drifted = [slot for slot, checksum in checksums.items() if checksum != self._driver_checksum and slot in self._slots]
+        drifted = [
+            slot for slot, checksum in checksums.items() if checksum != self._driver_checksum and slot in self._slots
+        ]
         if drifted:
             log.warning("evolm: resynchronising %d Ray actor(s) whose base weights drifted", len(drifted))
             self._sync(drifted)

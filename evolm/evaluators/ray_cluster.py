@@ -42,8 +42,11 @@ def refresh_ray_config() -> None:
 
 def _token_available() -> bool:
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    return bool(os.environ.get("RAY_AUTH_TOKEN") or (path and os.path.exists(path))
-                or os.path.exists(os.path.expanduser("~/.ray/auth_token")))
+    return bool(
+        os.environ.get("RAY_AUTH_TOKEN")
+        or (path and os.path.exists(path))
+        or os.path.exists(os.path.expanduser("~/.ray/auth_token"))
+    )
 
 
 def require_token_auth() -> None:
@@ -123,14 +126,20 @@ def actor_count(workers: int, threads: int, gpus: float) -> int:
         if gpus:
             workers = min(workers, int(gpu_total // gpus + 1e-9))
     if workers <= 0:
-        raise UsageError(f"the Ray cluster has {cpus:g} CPUs and {gpu_total:g} GPUs: not enough for one actor "
-                         f"({threads} CPUs, {gpus:g} GPUs)")
+        raise UsageError(
+            f"the Ray cluster has {cpus:g} CPUs and {gpu_total:g} GPUs: not enough for one actor "
+            f"({threads} CPUs, {gpus:g} GPUs)"
+        )
     if workers * threads > cpus + 1e-9:
-        raise UsageError(f"config field evaluator.workers: {workers} actors of {threads} CPUs need "
-                         f"{workers * threads} CPUs; the Ray cluster has {cpus:g}")
+        raise UsageError(
+            f"config field evaluator.workers: {workers} actors of {threads} CPUs need "
+            f"{workers * threads} CPUs; the Ray cluster has {cpus:g}"
+        )
     if gpus and workers * gpus > gpu_total + 1e-9:
-        raise UsageError(f"config field evaluator.gpus_per_worker: {workers} actors of {gpus:g} GPUs need "
-                         f"{workers * gpus:g} GPUs; the Ray cluster has {gpu_total:g}")
+        raise UsageError(
+            f"config field evaluator.gpus_per_worker: {workers} actors of {gpus:g} GPUs need "
+            f"{workers * gpus:g} GPUs; the Ray cluster has {gpu_total:g}"
+        )
     return workers
 
 
@@ -174,8 +183,10 @@ def _check_token(where: str, address: str) -> None:
                 # Ray aborts the whole process on an unreadable token file: say so first.
                 raise UsageError(f"{where}: RAY_AUTH_TOKEN_PATH {path} does not exist or is empty")
         if not _token_available():
-            raise UsageError(f"{where}: Ray token authentication is on but no token was found; give the cluster's token "
-                             f"with RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (on the head: ray get-auth-token)")
+            raise UsageError(
+                f"{where}: Ray token authentication is on but no token was found; give the cluster's token "
+                f"with RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (on the head: ray get-auth-token)"
+            )
     # One GCS call, no retries: what `ray health-check` does. Ray has no public single-attempt probe;
     # without this client (another Ray version) ray.init reports a wrong token itself, only slower.
     try:
@@ -226,9 +237,11 @@ def _speaks_http2(connection: socket.socket) -> bool:
 
 
 def auth_hint(error) -> str:
-    return ("Ray token authentication failed (" + str(error).strip().splitlines()[0][:120] + "); "
-            "give the cluster's token with RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token "
-            "(on the head: ray get-auth-token), with RAY_AUTH_MODE=token")
+    return (
+        "Ray token authentication failed (" + str(error).strip().splitlines()[0][:120] + "); "
+        "give the cluster's token with RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token "
+        "(on the head: ray get-auth-token), with RAY_AUTH_MODE=token"
+    )
 
 
 def task_error(error: ray.exceptions.RayTaskError) -> BaseException:
@@ -245,8 +258,10 @@ def task_error(error: ray.exceptions.RayTaskError) -> BaseException:
 def startup_error(error) -> BaseException:
     missing = re.search(r"No module named '([^']+)'", str(error))
     if missing:  # the worker factory refers to code the actors cannot import (e.g. a user's model or fitness)
-        return UsageError(f"Ray actors cannot import module {missing.group(1)!r}, which the model, adapter or fitness "
-                          f"comes from: make it importable on every node (install it, or run from its folder), or define "
-                          f"them in the script you run (__main__), whose definitions travel by value")
+        return UsageError(
+            f"Ray actors cannot import module {missing.group(1)!r}, which the model, adapter or fitness "
+            f"comes from: make it importable on every node (install it, or run from its folder), or define "
+            f"them in the script you run (__main__), whose definitions travel by value"
+        )
     text = str(error).strip().splitlines()
     return RuntimeError(f"Ray actors could not start: {text[0] if text else type(error).__name__}")

@@ -31,8 +31,10 @@ class ThreadEvaluator:
         settings = config.evaluator
         factory = getattr(worker, "factory", None)
         if factory is None:
-            raise UsageError("config field evaluator.backend: threads needs a worker factory to build replicas "
-                             "(runs started by evolm run, evolm.run or evolm.evolve have one)")
+            raise UsageError(
+                "config field evaluator.backend: threads needs a worker factory to build replicas "
+                "(runs started by evolm run, evolm.run or evolm.evolve have one)"
+            )
         self.worker = worker
         self.replicas = [worker] + [factory(config) for _ in range(max(1, settings.workers) - 1)]
         # Intra-op threads are a process-wide setting (set after the factories, which may set their own).
@@ -52,8 +54,10 @@ class ThreadEvaluator:
     def evaluate(self, population: list, generation: int) -> list:
         self._copy_driver()
         genes = [genes_of(individual) for individual in population]
-        futures = [self._pool.submit(replica.evaluate, genes[start:stop], generation)
-                   for replica, (start, stop) in zip(self.replicas, self._slices(len(genes)))]
+        futures = [
+            self._pool.submit(replica.evaluate, genes[start:stop], generation)
+            for replica, (start, stop) in zip(self.replicas, self._slices(len(genes)))
+        ]
         results = []
         for future in futures:
             results.extend(future.result())

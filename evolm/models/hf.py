@@ -37,13 +37,15 @@ def is_hf(name: str) -> bool:
 
 def hf_path(name: str) -> Path:
     """The checkpoint folder of ``hf:PATH``, checked to exist and to look like a ``save_pretrained`` folder."""
-    text = name[len(PREFIX):] if is_hf(name) else str(name)
+    text = name[len(PREFIX) :] if is_hf(name) else str(name)
     if not text:
         raise UsageError("config field model.name: hf: needs a checkpoint folder, e.g. hf:./my-gpt2")
     path = Path(text).expanduser()
     if not path.exists():
-        raise UsageError(f"config field model.name: Hugging Face checkpoint folder {path} does not exist "
-                         f"(evolm loads local checkpoints only, never downloads)")
+        raise UsageError(
+            f"config field model.name: Hugging Face checkpoint folder {path} does not exist "
+            f"(evolm loads local checkpoints only, never downloads)"
+        )
     if not path.is_dir():
         raise UsageError(f"config field model.name: {path} is a file; hf:PATH needs the folder save_pretrained wrote")
     if not (path / "config.json").is_file():
@@ -125,7 +127,9 @@ class HFCausalLM(LanguageModel):
         self._keep_last = {"logits_to_keep": 1} if _accepts(forward, "logits_to_keep") else {}
         self._aliases = self._tied_aliases()
         # Public hook registration where torch has it (2.4+), the long-standing private one before.
-        (getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook)(HFCausalLM._drop_aliases)
+        (getattr(self, "register_state_dict_post_hook", None) or self._register_state_dict_hook)(
+            HFCausalLM._drop_aliases
+        )
         self._register_load_state_dict_pre_hook(HFCausalLM._fill_aliases, with_module=True)
 
     @property
@@ -151,7 +155,9 @@ class HFCausalLM(LanguageModel):
             state_dict.pop(prefix + alias, None)
 
     @staticmethod
-    def _fill_aliases(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+    def _fill_aliases(
+        module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         for alias, source in module._aliases.items():
             if prefix + alias not in state_dict and prefix + source in state_dict:
                 state_dict[prefix + alias] = state_dict[prefix + source]
@@ -176,7 +182,7 @@ class HFCausalLM(LanguageModel):
         context = self.config.context
         if context is not None and window.shape[1] > context:
             # Out of positions: re-encode the last half-context once, then continue cached (as evolm's GPT does).
-            return self.prefill(window[:, -(context // 2 + 1):])
+            return self.prefill(window[:, -(context // 2 + 1) :])
         output = self.model(input_ids=tokens, use_cache=True, **{self._cache_key: cache}, **self._keep_last)
         return output.logits[:, -1], (output[self._cache_key], window)
 
@@ -186,7 +192,9 @@ def load_hf_tokenizer(path) -> HFTokenizer:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as error:
-        raise UsageError(f"Hugging Face checkpoint {path}: its tokenizer cannot be loaded: {_first_line(error)}") from None
+        raise UsageError(
+            f"Hugging Face checkpoint {path}: its tokenizer cannot be loaded: {_first_line(error)}"
+        ) from None
     return HFTokenizer(tokenizer)
 
 
@@ -198,11 +206,15 @@ def load_hf(name, device="cpu") -> tuple[HFCausalLM, HFTokenizer]:
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as error:
-        raise UsageError(f"Hugging Face checkpoint {path}: the model cannot be loaded as a causal LM: {_first_line(error)}") from None
+        raise UsageError(
+            f"Hugging Face checkpoint {path}: the model cannot be loaded as a causal LM: {_first_line(error)}"
+        ) from None
     wrapped = HFCausalLM(model, str(path)).to(device).eval()
     if tokenizer.vocab_size > wrapped.config.vocab_size:
-        raise UsageError(f"Hugging Face checkpoint {path}: its tokenizer has {tokenizer.vocab_size} tokens but the "
-                         f"model's vocabulary only {wrapped.config.vocab_size}")
+        raise UsageError(
+            f"Hugging Face checkpoint {path}: its tokenizer has {tokenizer.vocab_size} tokens but the "
+            f"model's vocabulary only {wrapped.config.vocab_size}"
+        )
     return wrapped, tokenizer
 
 
@@ -215,8 +227,10 @@ def build_hf(config, device=None) -> tuple[HFCausalLM, HFTokenizer]:
         model, tokenizer = load_hf(config.model.name, resolve_device(device or config.device))
     context = model.config.context
     if context is not None and config.model.context > context:
-        raise UsageError(f"config field model.context ({config.model.context}) exceeds the {context} positions of "
-                         f"Hugging Face checkpoint {model.config.path}")
+        raise UsageError(
+            f"config field model.context ({config.model.context}) exceeds the {context} positions of "
+            f"Hugging Face checkpoint {model.config.path}"
+        )
     return model, tokenizer
 
 
@@ -239,8 +253,11 @@ def default_params(model: nn.Module) -> str:
         name, count = found
         prefix = f"{name}.{count - 1}."
         last = dict(inner.get_submodule(f"{name}.{count - 1}").named_children())
-        parts = sorted(child for child, module in last.items()
-                       if "norm" not in type(module).__name__.lower() and any(True for _ in module.parameters()))
+        parts = sorted(
+            child
+            for child, module in last.items()
+            if "norm" not in type(module).__name__.lower() and any(True for _ in module.parameters())
+        )
         if parts:
             return "^" + re.escape(prefix) + "(" + "|".join(re.escape(p) for p in parts) + r")\."
         return "^" + re.escape(prefix)
@@ -262,9 +279,27 @@ def hf_worker(config, corpus=None, *, fitness=None, validation=None):
     from evolm.api import build_worker
 
     model, tokenizer = build_hf(config)
-    return build_worker(config, model, fitness=fitness, tokenizer=tokenizer, corpus=corpus, validation=validation,
-                        params=resolved_params(config, model))
+    return build_worker(
+        config,
+        model,
+        fitness=fitness,
+        tokenizer=tokenizer,
+        corpus=corpus,
+        validation=validation,
+        params=resolved_params(config, model),
+    )
 
 
-__all__ = ["HFCausalLM", "HFTokenizer", "INSTALL_HINT", "build_hf", "default_params", "hf_path", "hf_worker",
-           "is_hf", "load_hf", "load_hf_tokenizer", "resolved_params"]
+__all__ = [
+    "HFCausalLM",
+    "HFTokenizer",
+    "INSTALL_HINT",
+    "build_hf",
+    "default_params",
+    "hf_path",
+    "hf_worker",
+    "is_hf",
+    "load_hf",
+    "load_hf_tokenizer",
+    "resolved_params",
+]

@@ -6,8 +6,13 @@ from evolm.strategies.es import OpenAIES
 from evolm.strategies.ga import NSGA2, GeneticAlgorithm
 from evolm.strategies.pbt import PopulationBasedTraining
 
-STRATEGIES: dict[str, type[Strategy]] = {"es": OpenAIES, "ga": GeneticAlgorithm, "nsga2": NSGA2, "cmaes": CMAES,
-                                     "pbt": PopulationBasedTraining}
+STRATEGIES: dict[str, type[Strategy]] = {
+    "es": OpenAIES,
+    "ga": GeneticAlgorithm,
+    "nsga2": NSGA2,
+    "cmaes": CMAES,
+    "pbt": PopulationBasedTraining,
+}
 
 
 def make_strategy(config, worker=None) -> Strategy:

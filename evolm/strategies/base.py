@@ -7,7 +7,8 @@ coefficients, never weights) that every worker applies identically to its own co
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from deap import tools

@@ -36,11 +36,15 @@ class CMAES(Strategy):
     @staticmethod
     def validate(config) -> None:
         if config.genome.name != "vector":
-            raise UsageError(f"config field genome.name: cmaes works with the vector genome, got {config.genome.name!r} "
-                             f"(leave genome.name unset and cmaes chooses it)")
+            raise UsageError(
+                f"config field genome.name: cmaes works with the vector genome, got {config.genome.name!r} "
+                f"(leave genome.name unset and cmaes chooses it)"
+            )
         if config.strategy.population_size < 2:
-            raise UsageError(f"config field strategy.population_size must be at least 2 for cmaes, "
-                             f"got {config.strategy.population_size}")
+            raise UsageError(
+                f"config field strategy.population_size must be at least 2 for cmaes, "
+                f"got {config.strategy.population_size}"
+            )
 
     def bind(self, worker) -> None:
         size = worker.genome.size
@@ -49,8 +53,9 @@ class CMAES(Strategy):
                 f"config field genome.params selects {size:,} parameters; cmaes handles at most {MAX_GENES:,} "
                 f"(its covariance is size²): narrow it, e.g. --params 'norm|head.bias'"
             )
-        self.cma = cma.Strategy(centroid=np.zeros(size), sigma=self.config.strategy.sigma,
-                                lambda_=self.config.strategy.population_size)
+        self.cma = cma.Strategy(
+            centroid=np.zeros(size), sigma=self.config.strategy.sigma, lambda_=self.config.strategy.population_size
+        )
 
     def ask(self, generation: int) -> list:
         with scoped_numpy_random(self.run_seed, "cmaes", generation):

@@ -93,15 +93,27 @@ class ChunkedAdam:
 
     def __init__(self, parameters, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
         self.parameters = list(parameters)
-        self.group = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "amsgrad": False,
-                      "maximize": False, "foreach": None, "capturable": False, "differentiable": False,
-                      "fused": None, "decoupled_weight_decay": False}
+        self.group = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": False,
+            "maximize": False,
+            "foreach": None,
+            "capturable": False,
+            "differentiable": False,
+            "fused": None,
+            "decoupled_weight_decay": False,
+        }
         self.state: dict[int, dict[str, torch.Tensor]] = {}
 
     def state_dict(self) -> dict:
         """Adam's format; the tensors are the live moments (references, no copy)."""
-        return {"state": {index: dict(state) for index, state in self.state.items()},
-                "param_groups": [{**self.group, "params": list(range(len(self.parameters)))}]}
+        return {
+            "state": {index: dict(state) for index, state in self.state.items()},
+            "param_groups": [{**self.group, "params": list(range(len(self.parameters)))}],
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         groups = state_dict["param_groups"]
@@ -114,8 +126,10 @@ class ChunkedAdam:
         for position, saved in state_dict["state"].items():
             index = groups[0]["params"].index(int(position))
             parameter = self.parameters[index]
-            self.state[index] = {key: value if key == "step" else value.to(dtype=parameter.dtype, device=parameter.device)
-                                 for key, value in saved.items()}
+            self.state[index] = {
+                key: value if key == "step" else value.to(dtype=parameter.dtype, device=parameter.device)
+                for key, value in saved.items()
+            }
 
     def step_tensor(self, index: int, chunks) -> None:
         lr, (beta1, beta2), eps, weight_decay = (self.group[k] for k in ("lr", "betas", "eps", "weight_decay"))
@@ -171,7 +185,9 @@ class OpenAIES(Strategy):
                 f"got {config.strategy.population_size}"
             )
         if config.genome.name not in ("seed", "lowrank"):
-            raise UsageError(f"config field genome.name: es works with the seed or lowrank genome, got {config.genome.name!r}")
+            raise UsageError(
+                f"config field genome.name: es works with the seed or lowrank genome, got {config.genome.name!r}"
+            )
 
     def ask(self, generation: int) -> list:
         rng = numpy_generator(self.run_seed, "es-noise", generation)

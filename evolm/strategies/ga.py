@@ -60,11 +60,17 @@ class GeneticAlgorithm(Strategy):
         self.population: list = []
         self.generation_of_context = None
         if self.genome_name == "vector":
-            self.variation = VectorVariation(settings.crossover if settings.crossover in ("blend", "sbx") else "blend",
-                                             settings.mutation, settings.indpb, settings.bound)
+            self.variation = VectorVariation(
+                settings.crossover if settings.crossover in ("blend", "sbx") else "blend",
+                settings.mutation,
+                settings.indpb,
+                settings.bound,
+            )
             similar = np.array_equal  # DEAP's numpy pitfall: == on arrays is elementwise
         else:
-            self.variation = NoiseVariation(tensors or 0, settings.crossover if settings.crossover in ("layers", "pairs") else "layers")
+            self.variation = NoiseVariation(
+                tensors or 0, settings.crossover if settings.crossover in ("layers", "pairs") else "layers"
+            )
             similar = lambda a, b: list(a) == list(b)  # noqa: E731
         self.hall_of_fame = tools.HallOfFame(settings.hall_of_fame, similar=similar)
 
@@ -72,7 +78,9 @@ class GeneticAlgorithm(Strategy):
     def validate(config) -> None:
         settings = config.strategy
         if config.genome.name not in ("seed", "lowrank", "vector"):
-            raise UsageError(f"config field genome.name: ga works with seed, lowrank or vector genomes, got {config.genome.name!r}")
+            raise UsageError(
+                f"config field genome.name: ga works with seed, lowrank or vector genomes, got {config.genome.name!r}"
+            )
         for key in ("cxpb", "mutpb", "indpb"):
             if not 0.0 <= getattr(settings, key) <= 1.0:
                 raise UsageError(f"config field strategy.{key} must be between 0 and 1, got {getattr(settings, key)}")
@@ -82,17 +90,25 @@ class GeneticAlgorithm(Strategy):
             if getattr(settings, key) <= 0:
                 raise UsageError(f"config field strategy.{key} must be positive, got {getattr(settings, key)}")
         if settings.crossover not in ("layers", "pairs", "blend", "sbx"):
-            raise UsageError(f"config field strategy.crossover: unknown crossover {settings.crossover!r} (layers, pairs, blend, sbx)")
+            raise UsageError(
+                f"config field strategy.crossover: unknown crossover {settings.crossover!r} (layers, pairs, blend, sbx)"
+            )
         if settings.mutation not in ("gaussian", "polynomial"):
-            raise UsageError(f"config field strategy.mutation: unknown mutation {settings.mutation!r} (gaussian, polynomial)")
+            raise UsageError(
+                f"config field strategy.mutation: unknown mutation {settings.mutation!r} (gaussian, polynomial)"
+            )
 
     def bind(self, worker) -> None:
         """Learn the genome's size from the worker (tensor count for masks, gene count for vectors)."""
         if self.genome_name == "vector":
             self.vector_size = worker.genome.size
             if self.vector_size > 200_000:
-                warnings.warn(f"vector genome of {self.vector_size:,} genes: DEAP's operators loop per gene and will be slow; "
-                              "narrow it with --params", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"vector genome of {self.vector_size:,} genes: DEAP's operators loop per gene and will be slow; "
+                    "narrow it with --params",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         else:
             self.variation.full = (1 << len(worker.space.tensors)) - 1
             self.variation.tensors = len(worker.space.tensors)
@@ -107,8 +123,10 @@ class GeneticAlgorithm(Strategy):
             genes[0] = 0.0  # the unperturbed base model is one of the starting individuals
             return [make_vector_individual(g, self.objectives) for g in genes]
         seeds = rng.integers(0, SEED_RANGE, self.population_size)
-        return [make_individual([] if i == 0 else [(int(seeds[i]), self.sigma)], self.objectives)
-                for i in range(self.population_size)]
+        return [
+            make_individual([] if i == 0 else [(int(seeds[i]), self.sigma)], self.objectives)
+            for i in range(self.population_size)
+        ]
 
     def ask(self, generation: int) -> list:
         if not self.population:
@@ -132,7 +150,7 @@ class GeneticAlgorithm(Strategy):
                     best = max(parent_fitness[i - 1], parent_fitness[i])
                     parent_fitness[i - 1] = parent_fitness[i] = best
                     del offspring[i - 1].fitness.values, offspring[i].fitness.values
-            for i, child in enumerate(offspring):
+            for child in offspring:
                 if rng.random() < self.config.strategy.mutpb:
                     self.variation.mutate(child, rng, self.sigma)
                     if child.fitness.valid:
@@ -241,8 +259,10 @@ class NSGA2(GeneticAlgorithm):
     def validate(config) -> None:
         GeneticAlgorithm.validate(config)
         if config.strategy.population_size < 4:
-            raise UsageError(f"config field strategy.population_size must be at least 4 for nsga2 (its crowded "
-                             f"tournament draws parents in fours), got {config.strategy.population_size}")
+            raise UsageError(
+                f"config field strategy.population_size must be at least 4 for nsga2 (its crowded "
+                f"tournament draws parents in fours), got {config.strategy.population_size}"
+            )
 
     def ask(self, generation: int) -> list:
         population = super().ask(generation)

@@ -31,7 +31,7 @@ from deap import tools
 from evolm.errors import UsageError
 from evolm.genome import HyperGenome
 from evolm.individuals import make_individual
-from evolm.seeding import numpy_generator, scoped_python_random, scoped_torch_seed, derive_seed, torch_generator
+from evolm.seeding import derive_seed, numpy_generator, scoped_python_random, scoped_torch_seed, torch_generator
 from evolm.strategies.base import Strategy
 
 
@@ -47,9 +47,13 @@ class PopulationBasedTraining(Strategy):
     def validate(config) -> None:
         settings = config.strategy
         if config.evaluator.workers or config.evaluator.ray_address:
-            raise UsageError("config field strategy.name: pbt trains its members in-process; drop --workers/--ray-address")
+            raise UsageError(
+                "config field strategy.name: pbt trains its members in-process; drop --workers/--ray-address"
+            )
         if settings.population_size < 2:
-            raise UsageError(f"config field strategy.population_size must be at least 2 for pbt, got {settings.population_size}")
+            raise UsageError(
+                f"config field strategy.population_size must be at least 2 for pbt, got {settings.population_size}"
+            )
         if settings.pbt_steps <= 0:
             raise UsageError(f"config field strategy.pbt_steps must be positive, got {settings.pbt_steps}")
         if not 0.0 < settings.pbt_quantile <= 0.5:
@@ -62,12 +66,14 @@ class PopulationBasedTraining(Strategy):
         if self.members:
             return
         rng = numpy_generator(self.config.seed, "pbt", "init")
-        for index in range(self.config.strategy.population_size):
-            self.members.append({
-                "genes": [float(g) for g in rng.random(self.genome.size)],
-                "tensors": [t.detach().clone() for t in worker.space.tensors],
-                "optimizer": None,
-            })
+        for _ in range(self.config.strategy.population_size):
+            self.members.append(
+                {
+                    "genes": [float(g) for g in rng.random(self.genome.size)],
+                    "tensors": [t.detach().clone() for t in worker.space.tensors],
+                    "optimizer": None,
+                }
+            )
 
     def _train(self, member: dict, index: int, generation: int) -> int:
         """One ready interval of Adam steps on ``member``; returns the forward tokens it used."""

@@ -39,7 +39,11 @@ class NoiseVariation:
             for entry in a + b:
                 (child1 if rng.random() < 0.5 else child2).append(entry)
         else:
-            mask = int(rng.integers(0, 2, self.tensors).dot(1 << np.arange(self.tensors, dtype=object))) if self.tensors else 0
+            mask = (
+                int(rng.integers(0, 2, self.tensors).dot(1 << np.arange(self.tensors, dtype=object)))
+                if self.tensors
+                else 0
+            )
             inverse = ~mask & self.full
             child1 = [(s, c, m & mask) for s, c, m in a] + [(s, c, m & inverse) for s, c, m in b]
             child2 = [(s, c, m & inverse) for s, c, m in a] + [(s, c, m & mask) for s, c, m in b]
