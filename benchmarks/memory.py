@@ -112,7 +112,7 @@ def child(args) -> dict:
     from evolm.config import build_config
     from evolm.data import Corpus
     from evolm.fitness import build_fitness, mean_log_likelihood
-    from evolm.worker import build_model
+    from evolm.models import build_model
 
     config = build_config(overrides=_overrides(args))
     phases = Phases()

@@ -40,12 +40,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import machine  # noqa: E402
 
+from evolm.assembly import worker_from_config  # noqa: E402
 from evolm.config import build_config  # noqa: E402
 from evolm.engine import step_generation  # noqa: E402
 from evolm.evaluators import LocalEvaluator  # noqa: E402
 from evolm.models import count_parameters  # noqa: E402
 from evolm.strategies import make_strategy  # noqa: E402
-from evolm.worker import Worker  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "ray_scaling.json"
 # Model sizes: the default (width 64) and widths whose parameter counts are ~10x and ~100x of it.
@@ -69,11 +69,11 @@ def measure_speed(repetitions: int, generations: int) -> dict:
     setups = {}
     for actors in (1, 2):
         config = build_config(None, base + [("evaluator.workers", str(actors)), ("evaluator.threads_per_worker", "1")])
-        worker = Worker.from_config(config)
+        worker = worker_from_config(config)
         setups[f"ray_{actors}_actor{'s' if actors > 1 else ''}"] = (config, worker, RayEvaluator(config, worker), None)
     for threads in (1, 2):
         config = build_config(None, [("threads", str(threads))])
-        worker = Worker.from_config(config)
+        worker = worker_from_config(config)
         setups[f"in_process_{threads}_thread{'s' if threads > 1 else ''}"] = (
             config,
             worker,
@@ -120,7 +120,7 @@ def measure_generations(repetitions: int, generations: int) -> dict:
     setups = {}
     for threads in (1, 2):
         config = build_config(None, [("threads", str(threads))])
-        worker = Worker.from_config(config)
+        worker = worker_from_config(config)
         setups[f"in_process_{threads}_thread{'s' if threads > 1 else ''}"] = (
             config,
             worker,
@@ -131,7 +131,7 @@ def measure_generations(repetitions: int, generations: int) -> dict:
         config = build_config(
             None, [("threads", "1"), ("evaluator.workers", str(actors)), ("evaluator.threads_per_worker", "1")]
         )
-        worker = Worker.from_config(config)
+        worker = worker_from_config(config)
         setups[f"ray_{actors}_actor{'s' if actors > 1 else ''}"] = (config, worker, RayEvaluator(config, worker), 1)
     strategies = {name: make_strategy(config, worker) for name, (config, worker, _, _) in setups.items()}
     for _, _, evaluator, _ in setups.values():
@@ -182,7 +182,7 @@ def measure_vector_bytes() -> dict:
             ("genome.params", "bias|norm"),
         ],
     )
-    worker = Worker.from_config(config)
+    worker = worker_from_config(config)
     evaluator = RayEvaluator(config, worker)
     try:
         population = make_strategy(config, worker).ask(0)
@@ -227,7 +227,7 @@ def measure_bytes(generations: int) -> dict:
                 ("genome.name", genome),
             ]
             config = build_config(None, overrides)
-            worker = Worker.from_config(config)
+            worker = worker_from_config(config)
             row["parameters"] = count_parameters(worker.model)
             evaluator = RayEvaluator(config, worker)
             try:

@@ -29,14 +29,9 @@ of an ``nn.LSTM`` without ``batch_first`` is one UsageError, not a run that lear
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
-import numbers
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from evolm.adapters import (  # noqa: F401 - re-exported: evolm.api.time_major etc. stay where users import them
@@ -52,14 +47,24 @@ from evolm.adapters import (  # noqa: F401 - re-exported: evolm.api.time_major e
     time_major_io,
     unwrap,
 )
-from evolm.data import ByteTokenizer, Corpus, load_corpus_text
+from evolm.assembly import (  # noqa: F401 - re-exported: the Python API's names stay where users import them
+    CUSTOM_MODEL,
+    CallableFitness,
+    HFWorkerFactory,
+    ModuleWorkerFactory,
+    build_worker,
+    load_corpus,
+)
+from evolm.config import RunConfig, apply_mapping, load_toml, parse_assignment, resolve_strategy_defaults, set_dotted
+from evolm.config import validate as validate_config
+from evolm.engine import resume as engine_resume
+from evolm.engine import run
 from evolm.errors import UsageError
-from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood
-from evolm.genome import make_genome
-from evolm.models.base import LanguageModel
-from evolm.seeding import scoped_torch_seed
-
-CUSTOM_MODEL = "custom"  # config.model.name of a run whose module came through this API
+from evolm.evaluators.shipping import check_picklable
+from evolm.models import MODEL_NAMES
+from evolm.models.hf import is_hf
+from evolm.rundir import default_run_dir
+from evolm.sampling import load_run_config, load_weights, sample_from_worker  # noqa: F401 - re-exported
 
 # Keyword settings of evolve(): a short name, or any config field as section__field (strategy__sigma=0.05).
 SETTINGS = {
@@ -94,283 +99,6 @@ SETTINGS = {
 }
 
 
-# --- corpus and fitness -------------------------------------------------------------------------------
-
-
-def tokenizer_vocab(tokenizer) -> int:
-    """The tokenizer's vocabulary size (``vocab_size``, else ``len``); 0 when it says neither."""
-    size = getattr(tokenizer, "vocab_size", None)
-    if size is None:
-        try:
-            size = len(tokenizer)
-        except TypeError:
-            size = 0
-    return int(size)
-
-
-def load_corpus(config, tokenizer=None) -> Corpus:
-    """The configured corpus (``data.path``, or the embedded default) tokenized by ``tokenizer`` (bytes by default)."""
-    tokenizer = tokenizer or ByteTokenizer()
-    text = load_corpus_text(config.data.path or None)
-    tokens = torch.as_tensor(tokenizer.encode(text), dtype=torch.long).reshape(-1)
-    return Corpus(tokens, config.model.context, config.data.val_fraction, source=config.data.path or "embedded")
-
-
-class NoCorpus:
-    """Stands in for the corpus when a user fitness function needs no text."""
-
-    source = "none (user fitness function)"
-    train = val = torch.empty(0, dtype=torch.long)
-
-
-def _takes_generation(function) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    return "generation" in parameters
-
-
-def _as_values(value, what: str) -> tuple[float, ...]:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, numbers.Real):
-        return (float(value),)
-    if isinstance(value, (tuple, list)) and value and all(isinstance(v, (numbers.Real, torch.Tensor)) for v in value):
-        return tuple(float(v) for v in value)
-    raise UsageError(f"{what} must return a number (higher is better), got {type(value).__name__}")
-
-
-class CallableFitness:
-    """A user's ``fitness(module) -> float`` (or ``fitness(module, generation=g)``) behind the worker's
-    fitness interface. It receives the user's own module with the individual's weights applied."""
-
-    objectives = 1
-
-    def __init__(self, function: Callable):
-        self.function = function
-        self.name = getattr(function, "__qualname__", type(function).__name__)
-        self._generation = _takes_generation(function)
-
-    def context(self, generation: int) -> int:
-        return generation
-
-    def tokens(self, context) -> int:
-        return 0  # unknown: a user fitness counts no forward tokens
-
-    def __call__(self, model: nn.Module, generation) -> tuple[float, ...]:
-        module = unwrap(model)
-        value = self.function(module, generation=generation) if self._generation else self.function(module)
-        values = _as_values(value, f"fitness function {self.name}")
-        if len(values) != self.objectives:
-            raise UsageError(
-                f"fitness function {self.name} returned {len(values)} values; this strategy needs one number"
-            )
-        return tuple(finite_or_worst(v) for v in values)
-
-    def report(self, model: nn.Module, generation: int) -> dict:
-        return {}
-
-
-def _validation_loss(model: nn.Module, batch) -> float:
-    return -mean_log_likelihood(model, batch)
-
-
-def _user_validation(model: nn.Module, function: Callable) -> float:
-    return float(function(unwrap(model)))
-
-
-def build_worker(
-    config,
-    model: nn.Module,
-    *,
-    adapter: Callable | None = None,
-    fitness: Callable | None = None,
-    tokenizer=None,
-    corpus: Corpus | None = None,
-    context: int | None = None,
-    validation: Callable | None = None,
-    params: str | None = None,
-    probe: bool = False,
-):
-    """A :class:`~evolm.worker.Worker` around any module: corpus (``tokenizer``), parameter space, genome,
-    fitness (``fitness`` callable, or the configured corpus terms), center optimiser and validation loss.
-
-    ``model`` may already be an evolm language model (``forward`` gives logits, ``generate`` samples); any
-    other module is wrapped in :class:`AdaptedModel` with ``adapter`` and ``context`` (longest sequence its
-    forward takes; None: unbounded). ``validation(module) -> float`` is a loss (lower is better); without
-    one, the validation loss is the corpus's, when there is a corpus. ``probe``: check on a tiny batch that
-    the model keeps the rows of a batch apart and is causal (:mod:`evolm.probe`), when it reads text.
-    """
-    from evolm.strategies.es import make_center_optimizer
-    from evolm.worker import Worker, resolve_device
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"model must be a torch.nn.Module (or a factory returning one), got {type(model).__name__}")
-    if context is not None and config.model.context > context:
-        raise UsageError(
-            f"config field model.context ({config.model.context}) exceeds the model's max_context ({context})"
-        )
-    if adapter is None and isinstance(model, LanguageModel):
-        language_model = model
-    else:
-        language_model = AdaptedModel(model, adapter, context)
-    language_model = language_model.to(device).eval()
-    tokenizer = tokenizer or ByteTokenizer()
-    if not (callable(getattr(tokenizer, "encode", None)) and callable(getattr(tokenizer, "decode", None))):
-        raise UsageError(
-            f"tokenizer must offer encode(text) -> ids and decode(ids) -> text, got {type(tokenizer).__name__}"
-        )
-    uses_text = fitness is None or bool(config.data.path) or corpus is not None
-    validation_fn = None
-    if uses_text:
-        corpus = corpus or load_corpus(config, tokenizer)
-        vocab = max(tokenizer_vocab(tokenizer), int(corpus.train.max()) + 1)
-        check_logits(language_model, vocab, device)
-        if probe:
-            from evolm.probe import probe_language_model
-
-            probe_language_model(language_model, vocab, device, model_context_of(language_model))
-        val_batch = corpus.validation_batch(config.data.val_sequences).to(device)
-        validation_fn = functools.partial(_validation_loss, batch=val_batch)
-    else:
-        corpus = NoCorpus()
-        if config.refine.every:
-            raise UsageError(
-                "config field refine.every: gradient refinement needs text; pass data= (a corpus file) "
-                "or leave refinement off with a fitness function"
-            )
-    if validation is not None:
-        validation_fn = functools.partial(_user_validation, function=validation)
-    space = param_space(language_model, params or config.genome.params)
-    scorer = CallableFitness(fitness) if fitness is not None else build_fitness(config, corpus, device, language_model)
-    worker = Worker(
-        language_model,
-        space,
-        make_genome(config, space),
-        scorer,
-        functools.partial(make_center_optimizer, config=config),
-        validation=validation_fn,
-    )
-    worker.corpus = corpus
-    worker.device = device
-    worker.config = config
-    worker.tokenizer = tokenizer if uses_text else None
-    return worker
-
-
-# --- the picklable worker factory ---------------------------------------------------------------------
-
-
-class _RecordingFactory:
-    """Remembers the last worker it built in this process (the driver's); never pickles it."""
-
-    _driver = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_driver", None)
-        return state
-
-    def _record(self, worker):
-        self._driver = worker
-        return worker
-
-
-class ModuleWorkerFactory(_RecordingFactory):
-    """``factory(config) -> Worker`` for a user's module: what :func:`evolm.engine.run` and every Ray actor call.
-
-    Holds the model factory (or, in-process only, the module itself), adapter, fitness, tokenizer and
-    validation; it must pickle (cloudpickle) for Ray. The model factory runs under the run seed, so
-    every actor's module starts from the same weights.
-    """
-
-    def __init__(self, model, *, adapter=None, fitness=None, tokenizer=None, context=None, validation=None, probe=True):
-        self.model = model
-        self.adapter = adapter
-        self.fitness = fitness
-        self.tokenizer = tokenizer
-        self.context = context
-        self.validation = validation
-        # Probe the module on first use only: once the driver's passed, the copies Ray actors unpickle skip it.
-        self.probe = probe
-
-    def parts(self) -> dict:
-        return {
-            "model factory": self.model,
-            "adapter": self.adapter,
-            "fitness function": self.fitness,
-            "tokenizer": self.tokenizer,
-            "validation function": self.validation,
-        }
-
-    def build_module(self, config) -> nn.Module:
-        if isinstance(self.model, nn.Module):
-            return self.model
-        with scoped_torch_seed(config.seed):
-            module = self.model()
-        if not isinstance(module, nn.Module):
-            raise UsageError(
-                f"model factory {getattr(self.model, '__qualname__', self.model)!r} returned a "
-                f"{type(module).__name__}, not a torch.nn.Module"
-            )
-        return module
-
-    def __call__(self, config):
-        worker = build_worker(
-            config,
-            self.build_module(config),
-            adapter=self.adapter,
-            fitness=self.fitness,
-            tokenizer=self.tokenizer,
-            context=self.context,
-            validation=self.validation,
-            probe=self.probe,
-        )
-        self.probe = False
-        return self._record(worker)
-
-
-class HFWorkerFactory(_RecordingFactory):
-    """``factory(config) -> Worker`` for ``config.model.name = "hf:PATH"``, optionally with a user fitness."""
-
-    def __init__(self, fitness=None, validation=None):
-        self.fitness = fitness
-        self.validation = validation
-
-    def parts(self) -> dict:
-        return {"fitness function": self.fitness, "validation function": self.validation}
-
-    def __call__(self, config):
-        from evolm.models.hf import hf_worker
-
-        return self._record(hf_worker(config, fitness=self.fitness, validation=self.validation))
-
-
-def check_picklable(parts: dict, where: str) -> None:
-    """Every part must pickle with Ray's cloudpickle (what ships it to actors); else one clear UsageError."""
-    try:
-        from ray import cloudpickle as pickler
-    except ImportError:  # pragma: no cover - ray is a dependency; plain pickle is stricter still
-        import pickle as pickler
-    for name, value in parts.items():
-        if value is None:
-            continue
-        try:
-            pickler.dumps(value)
-        except Exception as error:
-            label = getattr(value, "__qualname__", None) or type(value).__name__
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            raise UsageError(
-                f"{name} {label!r} cannot be sent to Ray actors ({where}): {first}. It must be importable (defined "
-                f"at module level in an importable module) or picklable: move unpicklable state (locks, open files, "
-                f"generators, sockets) out of it, or run in-process (evaluator.workers=0)"
-            ) from None
-
-
 # --- configuration ------------------------------------------------------------------------------------
 
 
@@ -391,8 +119,6 @@ def _settings_overrides(settings: dict) -> list[tuple[str, Any]]:
 
 def _as_override(item) -> tuple[str, Any]:
     if isinstance(item, str):
-        from evolm.config import parse_assignment
-
         return parse_assignment(item)
     key, value = item
     return str(key), value
@@ -400,10 +126,8 @@ def _as_override(item) -> tuple[str, Any]:
 
 def _validated(config, model_name: str):
     """Validate ``config`` with ``model_name`` (built-in, ``custom`` or ``hf:PATH``) recorded in it."""
-    from evolm.config import validate
-
     config.model.name = model_name
-    validate(config)
+    validate_config(config)
     return config
 
 
@@ -413,18 +137,16 @@ def make_config(
     """A :class:`~evolm.config.RunConfig` (validated later, by :func:`evolve`): defaults, then ``config`` (a
     RunConfig, a TOML path or a mapping), ``data``, ``overrides`` (``"key=value"`` strings or pairs) and keyword
     ``settings``, in that order."""
-    from evolm.config import RunConfig, _apply_mapping, load_toml, resolve_strategy_defaults, set_dotted
-
     if config is None:
         result = RunConfig()
     elif isinstance(config, RunConfig):
         result = copy.deepcopy(config)
     elif isinstance(config, dict):
         result = RunConfig()
-        _apply_mapping(result, config)
+        apply_mapping(result, config)
     elif isinstance(config, (str, Path)):
         result = RunConfig()
-        _apply_mapping(result, load_toml(config))
+        apply_mapping(result, load_toml(config))
     else:
         raise UsageError(f"config must be a RunConfig, a TOML path or a mapping, got {type(config).__name__}")
     pairs = []
@@ -446,9 +168,6 @@ def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, vali
     """The picklable worker factory for ``model`` and the name ``config.model.name`` records for it. A built-in
     model (``"gpt"``, ``"lstm"``) gets None: the engine builds it from the config, exactly as ``evolm run`` does."""
     if isinstance(model, str):
-        from evolm.models import MODEL_NAMES
-        from evolm.models.hf import is_hf
-
         if model in MODEL_NAMES:
             given = [
                 name
@@ -551,8 +270,6 @@ def evolve(
       rows of a batch must not affect each other, and no position may see a later token; a module that fails
       is refused with one UsageError. ``probe=False`` skips the check.
     """
-    from evolm.engine import default_run_dir, run
-
     terms = fitness if isinstance(fitness, str) else None
     user_fitness = None if isinstance(fitness, str) else fitness
     if user_fitness is not None and not callable(user_fitness):
@@ -600,9 +317,6 @@ def resume(
     A run of a built-in model (gpt, lstm) or of ``hf:PATH`` needs only ``run_dir`` (its ``config.toml`` names
     the model); a module given to :func:`evolve` needs the same model (factory), adapter, fitness and
     tokenizer again, and is probed as :func:`evolve` probes it (``probe=False`` skips that)."""
-    from evolm.engine import resume as engine_resume
-    from evolm.sampling import load_run_config
-
     config = load_run_config(run_dir)
     recorded = config.model.name
     if model is None:
@@ -639,49 +353,6 @@ def _finish(summary: dict, factory) -> dict:
     if driver is not None:
         load_weights(driver.model, summary["run_dir"])
     return summary
-
-
-def sample_from_worker(
-    worker, genes=None, prompt: str = "\n", tokens: int = 200, temperature: float = 0.8, seed: int = 0
-) -> str | None:
-    """Text the worker's model writes after ``prompt`` with ``genes`` applied; None when it has no tokenizer
-    (a fitness-function run without text) or cannot generate."""
-    tokenizer = getattr(worker, "tokenizer", None)
-    if tokenizer is None or not hasattr(worker.model, "generate"):
-        return None
-    prompt_tokens = torch.as_tensor(tokenizer.encode(prompt or "\n"), dtype=torch.long).reshape(1, -1)
-    if prompt_tokens.numel() == 0:
-        return None
-    device = getattr(worker, "device", "cpu")
-    generator = torch.Generator().manual_seed(seed % 2**63)
-    with torch.no_grad(), worker.applied(genes) as model:
-        new_tokens = model.generate(prompt_tokens.to(device), tokens, float(temperature), generator)
-    return tokenizer.decode(new_tokens[0].cpu())
-
-
-def load_weights(module: nn.Module, run_dir, weights: str | Path | None = None) -> nn.Module:
-    """Load a run's ``model.safetensors`` (or ``weights``) into ``module``: an evolm wrapper, or the user's own
-    module (the wrapper's ``module.``/``model.`` prefix is dropped). Strict: every name and shape must match."""
-    from safetensors.torch import load_file
-
-    path = Path(weights) if weights is not None else Path(run_dir) / "model.safetensors"
-    if not path.is_file():
-        raise UsageError(f"weights file {path} does not exist (has the run finished?)")
-    state = load_file(str(path), device="cpu")
-    expected = set(module.state_dict())
-    if set(state) != expected:
-        for prefix in (AdaptedModel.inner_prefix, "model."):
-            if all(name.startswith(prefix) for name in state):
-                stripped = {name[len(prefix) :]: tensor for name, tensor in state.items()}
-                if set(stripped) == expected:
-                    state = stripped
-                    break
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = (str(error).strip().splitlines() or ["mismatch"])[0][:200]
-        raise UsageError(f"weights file {path} does not match the module: {first}") from None
-    return module
 
 
 __all__ = [

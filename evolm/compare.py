@@ -27,6 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from evolm.assembly import worker_from_config
 from evolm.errors import UsageError
 from evolm.fitness import REPORT_NEW_TOKENS, REPORT_PROMPTS
 
@@ -110,7 +111,6 @@ class Judge:
 
     def __init__(self, overrides, seed: int):
         from evolm.config import build_config
-        from evolm.worker import Worker
 
         config = build_config(
             overrides=[
@@ -121,7 +121,7 @@ class Judge:
                 ("fitness.scorer", "reference"),
             ]
         )
-        self.worker = Worker.from_config(config)
+        self.worker = worker_from_config(config)
         self.initial = self._figures(self.worker.model)  # the initial model judging its own text
 
     def _figures(self, model) -> dict:

@@ -226,7 +226,7 @@ def _coerce(value: Any, expected: Any, key: str) -> Any:
     raise UsageError(f"config field {key} has an unsupported type")  # pragma: no cover
 
 
-def _apply_mapping(target, mapping: dict, prefix: str = "") -> None:
+def apply_mapping(target, mapping: dict, prefix: str = "") -> None:
     types_ = _field_types(type(target))
     for key, value in mapping.items():
         dotted = f"{prefix}{key}"
@@ -236,7 +236,7 @@ def _apply_mapping(target, mapping: dict, prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise UsageError(f"config field {dotted} must be a table of settings, got {value!r}")
-            _apply_mapping(current, value, prefix=f"{dotted}.")
+            apply_mapping(current, value, prefix=f"{dotted}.")
         else:
             setattr(target, key, _coerce(value, types_[key], dotted))
 
@@ -250,7 +250,7 @@ def set_dotted(config: RunConfig, key: str, value: Any) -> None:
         if not dataclasses.is_dataclass(child):
             raise UsageError(f"unknown config key {'.'.join(parts[: depth + 1])}")
         target = child
-    _apply_mapping(target, {parts[-1]: value}, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")
+    apply_mapping(target, {parts[-1]: value}, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")
 
 
 def parse_assignment(text: str) -> tuple[str, str]:
@@ -279,7 +279,7 @@ def build_config(toml_path: str | Path | None = None, overrides: list[tuple[str,
     """Defaults, then the TOML file, then overrides in order; validated."""
     config = RunConfig()
     if toml_path is not None:
-        _apply_mapping(config, load_toml(toml_path))
+        apply_mapping(config, load_toml(toml_path))
     for key, value in overrides:
         set_dotted(config, key, value)
     validate(config)
@@ -288,7 +288,7 @@ def build_config(toml_path: str | Path | None = None, overrides: list[tuple[str,
 
 def config_from_dict(mapping: dict) -> RunConfig:
     config = RunConfig()
-    _apply_mapping(config, mapping)
+    apply_mapping(config, mapping)
     validate(config)
     return config
 

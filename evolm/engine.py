@@ -24,96 +24,46 @@ after the line and reported on the next one.
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import tomli_w
 
+from evolm.assembly import worker_from_config
 from evolm.checkpoint import (
     CHECKPOINT,
-    CHECKPOINT_OLD,
-    TEMPORARY_PREFIX,
     has_checkpoint,
     load_checkpoint,
     pack_tree,
     save_checkpoint,
     truncate_metrics,
     unpack_tree,
-    write_safetensors,
 )
 from evolm.errors import UsageError
 from evolm.evaluators import make_evaluator
 from evolm.fitness import with_novelty
-from evolm.models import count_parameters
+from evolm.models import MODEL_NAMES, count_parameters
+from evolm.plot import plot_run
 from evolm.refine import maybe_refine
+from evolm.rundir import (
+    check_run_dir,
+    default_run_dir,
+    json_number,
+    prepare_run_dir,
+    save_model_file,
+    toml_ready,
+    write_json,
+)
+from evolm.sampling import load_run_config, printable, sample_from_worker
 from evolm.strategies import make_strategy
-from evolm.worker import Worker
 
-RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "fitness.png")
-RUN_FOLDERS = (CHECKPOINT, CHECKPOINT_OLD)
 # Fields that differ between runs of the same config and seed: the clock, and what the clock decides
 # (an auto cadence checkpoints by time; a checkpoint's state.json holds wall_seconds).
 WALL_CLOCK_FIELDS = ("wall_seconds", "checkpoint_seconds", "checkpoint_bytes")
 AUTO_CHECKPOINT_RATIO = 20  # auto cadence: compute at least 20x a checkpoint's cost between checkpoints
-
-
-def model_label(name: str) -> str:
-    """A model name fit for a folder name: ``hf:/models/gpt2`` -> ``hf-gpt2``."""
-    return "hf-" + Path(name[3:]).name if name.startswith("hf:") else name
-
-
-def default_run_dir(config) -> Path:
-    name = config.name or f"{config.strategy.name}-{model_label(config.model.name)}-seed{config.seed}"
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{name}-{stamp}"
-
-
-def check_run_dir(path: Path, overwrite: bool) -> None:
-    """Refuse a path that is a file, or that holds an earlier run unless ``overwrite``."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"output path {path} exists and is not a folder")
-    if path.is_dir() and any((path / name).exists() for name in RUN_FILES + RUN_FOLDERS) and not overwrite:
-        raise UsageError(f"output folder {path} already holds a run; choose another --out or pass --overwrite")
-
-
-def prepare_run_dir(path: Path, overwrite: bool) -> Path:
-    """Create the run directory (after :func:`check_run_dir`), clearing an earlier run's files if overwriting."""
-    check_run_dir(path, overwrite)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"output folder {path} cannot be created: {error.strerror}") from None
-    if overwrite:
-        for name in RUN_FILES:
-            (path / name).unlink(missing_ok=True)
-        for folder in [*(path / name for name in RUN_FOLDERS), *path.glob(TEMPORARY_PREFIX + "*")]:
-            shutil.rmtree(folder, ignore_errors=True)
-    return path
-
-
-def json_number(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else (-1e308 if value < 0 else 1e308)
-    return value
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a reader never sees half a file."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps({k: json_number(v) for k, v in data.items()}, indent=2) + "\n")
-    os.replace(temporary, path)
-
-
-def toml_ready(value):
-    if isinstance(value, dict):
-        return {k: toml_ready(v) for k, v in value.items() if v is not None}
-    return value
 
 
 def step_generation(strategy, evaluator, generation: int) -> tuple[dict, int]:
@@ -173,7 +123,7 @@ def run(
     """Run an evolution described by ``config``; returns the summary (also written to ``summary.json``).
 
     ``worker_factory(config) -> Worker`` builds the worker (model, genome, fitness) instead of
-    :meth:`Worker.from_config`; Ray actors call the same factory, so it must be picklable.
+    :func:`evolm.assembly.worker_from_config`; Ray actors call the same factory, so it must be picklable.
     """
     out_dir = Path(out_dir) if out_dir else default_run_dir(config)
     check_run_dir(out_dir, overwrite)
@@ -190,7 +140,7 @@ def run(
 
 def make_worker(config, worker_factory=None):
     """The driver's worker; it remembers its factory so Ray actors can build identical ones."""
-    factory = worker_factory or Worker.from_config
+    factory = worker_factory or worker_from_config
     worker = factory(config)
     worker.factory = factory
     return worker
@@ -198,8 +148,6 @@ def make_worker(config, worker_factory=None):
 
 def resume(run_dir: str | Path, progress: bool = True, log=print, worker_factory=None) -> dict:
     """Continue the interrupted run in ``run_dir`` from its last checkpoint; returns the summary."""
-    from evolm.sampling import load_run_config
-
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)  # a missing folder, or one that is not a run, is refused here
     if (run_dir / "summary.json").exists():
@@ -269,13 +217,6 @@ class CheckpointCadence:
 
 def _checkpoint_bytes(run_dir: Path) -> int:
     return sum(f.stat().st_size for f in (run_dir / CHECKPOINT).iterdir())
-
-
-def save_model_file(model, path: Path) -> None:
-    """The final weights as safetensors, streamed tensor by tensor, replacing ``path`` atomically."""
-    temporary = path.with_name(path.name + ".tmp")
-    write_safetensors(temporary, model.state_dict())
-    os.replace(temporary, path)
 
 
 def _last_metrics(path: Path) -> dict:
@@ -405,12 +346,8 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
     return summary
 
 
-def _finish(out_dir: Path, summary: dict, config, log, worker=None, best_genes=None) -> None:
+def _finish(out_dir: Path, summary: dict, config, log, worker, best_genes) -> None:
     """The end of every run: ``fitness.png``, a short summary and a sample of the final model."""
-    from evolm.models import MODEL_NAMES
-    from evolm.plot import plot_run
-    from evolm.sampling import printable, run_tokenizer, sample_text
-
     try:
         plot = plot_run(out_dir)
     except (UsageError, OSError) as error:  # a plot must never cost a finished run
@@ -421,17 +358,9 @@ def _finish(out_dir: Path, summary: dict, config, log, worker=None, best_genes=N
         f"{summary['val_loss_initial']:.3f} -> {summary['val_loss_final']:.3f} nats; "
         f"best fitness {summary['best_fitness']:.3f}; results in {out_dir}; plot {plot}"
     )
-    from evolm.api import sample_from_worker
-
-    if worker is None:
-        sample, unit = sample_text(out_dir, tokens=200, temperature=0.8, seed=config.seed), "bytes"
-    else:
-        # The driver's worker with the final genes applied holds exactly the saved weights: sampling
-        # from it reads no file and builds no second model (a model-sized copy at the end of every run).
-        builtin = config.model.name in MODEL_NAMES
-        if builtin and getattr(worker, "tokenizer", None) is None:
-            worker.tokenizer = run_tokenizer(config)
-        unit = "bytes" if builtin else "tokens"  # hf:PATH or a Python API module: its own tokenizer
-        sample = sample_from_worker(worker, best_genes, tokens=200, temperature=0.8, seed=config.seed)
+    # The driver's worker with the final genes applied holds exactly the saved weights: sampling
+    # from it reads no file and builds no second model (a model-sized copy at the end of every run).
+    unit = "bytes" if config.model.name in MODEL_NAMES else "tokens"  # hf:PATH or an API module: its own tokenizer
+    sample = sample_from_worker(worker, best_genes, tokens=200, temperature=0.8, seed=config.seed)
     if sample is not None:  # None: a fitness-function run without text has nothing to write with
         log(f"evolm: sample (200 {unit}, temperature 0.8):\n" + printable(sample))

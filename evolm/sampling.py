@@ -1,4 +1,5 @@
-"""Text from a finished run: rebuild the model from ``config.toml``, load ``model.safetensors``, sample.
+"""Text from a run: a finished run's model rebuilt from ``config.toml`` and ``model.safetensors``, or a
+live worker's model; and a run's saved weights loaded into a user's own module (:func:`load_weights`).
 
 Only safe formats are read: the config through ``tomllib``, the weights through safetensors.
 """
@@ -11,8 +12,16 @@ import unicodedata
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
 
+from evolm.adapters import AdaptedModel
+from evolm.config import config_from_dict
+from evolm.data import ByteTokenizer
 from evolm.errors import UsageError
+from evolm.models import build_model
+from evolm.models.hf import build_hf, hf_path, load_hf_tokenizer
 
 CONFIG_FILE = "config.toml"
 WEIGHTS_FILE = "model.safetensors"
@@ -31,7 +40,6 @@ def _run_file(run_dir: Path, name: str, hint: str = "") -> Path:
 
 def load_run_config(run_dir: str | Path):
     """The :class:`~evolm.config.RunConfig` a run recorded in its ``config.toml``."""
-    from evolm.config import config_from_dict
 
     path = _run_file(Path(run_dir), CONFIG_FILE, " (not an evolm run folder?)")
     try:
@@ -49,10 +57,6 @@ def load_run_config(run_dir: str | Path):
 
 def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
     """The run's model with its saved weights (strict: every name and shape must match), on the CPU, in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from evolm.worker import build_model
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -70,8 +74,6 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
         message = (str(error).splitlines() or [type(error).__name__])[0][:160]
         raise UsageError(f"weights file {path} is not a valid safetensors file: {message}") from None
     if config.model.name.startswith("hf:"):  # the checkpoint folder the run started from, then the evolved weights
-        from evolm.models.hf import build_hf
-
         model, _ = build_hf(config, device="cpu")
     else:
         model = build_model(config.model, config.seed)
@@ -108,11 +110,8 @@ def printable(text: str) -> str:
 
 def run_tokenizer(config):
     """The tokenizer of a run: UTF-8 bytes, or a Hugging Face checkpoint's own."""
-    from evolm.data import ByteTokenizer
 
     if config.model.name.startswith("hf:"):
-        from evolm.models.hf import hf_path, load_hf_tokenizer
-
         return load_hf_tokenizer(hf_path(config.model.name))
     return ByteTokenizer()
 
@@ -143,3 +142,45 @@ def sample_text(
     generator = torch.Generator().manual_seed(seed % 2**63)
     new_tokens = model.generate(prompt_tokens, tokens, float(temperature), generator)
     return tokenizer.decode(new_tokens[0])
+
+
+def sample_from_worker(
+    worker, genes=None, prompt: str = "\n", tokens: int = 200, temperature: float = 0.8, seed: int = 0
+) -> str | None:
+    """Text the worker's model writes after ``prompt`` with ``genes`` applied; None when it has no tokenizer
+    (a fitness-function run without text) or cannot generate."""
+    tokenizer = getattr(worker, "tokenizer", None)
+    if tokenizer is None or not hasattr(worker.model, "generate"):
+        return None
+    prompt_tokens = torch.as_tensor(tokenizer.encode(prompt or "\n"), dtype=torch.long).reshape(1, -1)
+    if prompt_tokens.numel() == 0:
+        return None
+    device = getattr(worker, "device", "cpu")
+    generator = torch.Generator().manual_seed(seed % 2**63)
+    with torch.no_grad(), worker.applied(genes) as model:
+        new_tokens = model.generate(prompt_tokens.to(device), tokens, float(temperature), generator)
+    return tokenizer.decode(new_tokens[0].cpu())
+
+
+def load_weights(module: nn.Module, run_dir, weights: str | Path | None = None) -> nn.Module:
+    """Load a run's ``model.safetensors`` (or ``weights``) into ``module``: an evolm wrapper, or the user's own
+    module (the wrapper's ``module.``/``model.`` prefix is dropped). Strict: every name and shape must match."""
+
+    path = Path(weights) if weights is not None else Path(run_dir) / "model.safetensors"
+    if not path.is_file():
+        raise UsageError(f"weights file {path} does not exist (has the run finished?)")
+    state = load_file(str(path), device="cpu")
+    expected = set(module.state_dict())
+    if set(state) != expected:
+        for prefix in (AdaptedModel.inner_prefix, "model."):
+            if all(name.startswith(prefix) for name in state):
+                stripped = {name[len(prefix) :]: tensor for name, tensor in state.items()}
+                if set(stripped) == expected:
+                    state = stripped
+                    break
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = (str(error).strip().splitlines() or ["mismatch"])[0][:200]
+        raise UsageError(f"weights file {path} does not match the module: {first}") from None
+    return module

@@ -12,62 +12,14 @@ import hashlib
 
 import torch
 
-from evolm.data import Corpus
-from evolm.errors import UsageError
-from evolm.fitness import (
-    build_fitness,
-    finite_or_worst,
-    mean_log_likelihood,
-    parse_terms,
-)
-from evolm.genome import LowRankGenome, ParamSpace, make_genome
-from evolm.models import GPT, GPTConfig, LSTMConfig, LSTMLanguageModel
-from evolm.population import population_log_likelihood, supports_population
-from evolm.seeding import scoped_torch_seed
-
-
-def build_model(model_config, seed: int):
-    """The configured model under PyTorch's default initialisation, seeded by the run seed."""
-    if model_config.name not in ("gpt", "lstm"):  # hf:PATH and Python API modules are built by evolm.api
-        raise UsageError(
-            f"config field model.name: {model_config.name!r} is not a built-in model (gpt or lstm); "
-            f"this command works with the built-in models only"
-        )
-    with scoped_torch_seed(seed):
-        if model_config.name == "gpt":
-            return GPT(
-                GPTConfig(
-                    context=model_config.context,
-                    width=model_config.width,
-                    layers=model_config.layers,
-                    heads=model_config.heads,
-                    ff=model_config.ff,
-                    dropout=model_config.dropout,
-                )
-            )
-        return LSTMLanguageModel(
-            LSTMConfig(width=model_config.width, layers=model_config.layers, dropout=model_config.dropout)
-        )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"config field device is {name!r} but no CUDA device is available here")
-    return torch.device(name)
-
-
-def population_chunk(batch_individuals: int, device: torch.device) -> int:
-    """Low-rank individuals per batched pass: as configured, or by device when 0. On 2 CPU cores a
-    batch of individuals ran slower per token than one at a time in place (a bigger working set
-    falls out of cache, benchmarks/throughput.py); GPUs gain from the batch (EGGROLL)."""
-    if batch_individuals:
-        return batch_individuals
-    return 16 if device.type == "cuda" else 1
+from evolm.fitness import finite_or_worst
+from evolm.population import population_log_likelihood
 
 
 class Worker:
     """Scores genomes against a model in place. Build one for the configured language model with
-    :meth:`from_config`, or from your own pieces (any module, parameter space, genome and fitness)."""
+    :func:`evolm.assembly.worker_from_config`, or from your own pieces (any module, parameter space, genome
+    and fitness: :func:`evolm.assembly.build_worker`)."""
 
     def __init__(self, model, space, genome, fitness, optimizer_factory, validation=None):
         """``fitness`` follows :class:`evolm.fitness.Fitness`'s interface (``context``, ``__call__``, ``tokens``, ``report``)."""
@@ -82,47 +34,6 @@ class Worker:
         self._batch_generation = None
         self._batch = None
         self.population_chunk = 0  # > 1: score low-rank genomes this many at a time in one batched pass
-
-    @classmethod
-    def from_config(cls, config, corpus: Corpus | None = None) -> Worker:
-        """The corpus, model, parameter space, genome and fitness of a run config."""
-        from evolm.strategies.es import make_center_optimizer
-
-        if config.model.name.startswith("hf:"):  # a local Hugging Face checkpoint and its tokenizer
-            from evolm.models.hf import hf_worker
-
-            return hf_worker(config, corpus)
-        if config.model.name == "custom":
-            raise UsageError(
-                "config field model.name: a custom model is evolved through the Python API, which "
-                "supplies the module: evolm.evolve(model, ...), or evolm.resume(run_dir, model, ...)"
-            )
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        device = resolve_device(config.device)
-        corpus = corpus or Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
-        model = build_model(config.model, config.seed).to(device).eval()
-        space = ParamSpace(model, config.genome.params)
-        val_batch = corpus.validation_batch(config.data.val_sequences).to(device)
-        worker = cls(
-            model,
-            space,
-            make_genome(config, space),
-            build_fitness(config, corpus, device, model),
-            lambda parameters: make_center_optimizer(parameters, config),
-            validation=lambda m: -mean_log_likelihood(m, val_batch),
-        )
-        worker.corpus = corpus
-        worker.device = device
-        worker.config = config
-        # EGGROLL's batched pass scores a chunk of low-rank genomes at once when fitness is likelihood alone.
-        terms = {name: weight for name, weight in parse_terms(config.fitness.terms) if weight}
-        if isinstance(worker.genome, LowRankGenome) and supports_population(model) and set(terms) == {"likelihood"}:
-            chunk = population_chunk(config.genome.batch_individuals, device)
-            worker.population_chunk = chunk if chunk > 1 else 0
-            # nsga2 keeps raw term values as objectives; the weighted sum scales them.
-            worker.likelihood_weight = 1.0 if config.strategy.name == "nsga2" else terms["likelihood"]
-        return worker
 
     def center_optimizer(self):
         """The optimiser of the base (center) weights, made on first use by strategies that step it."""

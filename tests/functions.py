@@ -9,7 +9,7 @@ from evolm.engine import step_generation
 from evolm.evaluators import LocalEvaluator
 from evolm.genome import ParamSpace, make_genome
 from evolm.strategies import make_strategy
-from evolm.strategies.es import make_center_optimizer
+from evolm.strategies.optimizers import make_center_optimizer
 from evolm.worker import Worker
 
 

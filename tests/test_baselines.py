@@ -15,8 +15,8 @@ from evolm.baselines.reinforce import rewards_to_go
 from evolm.config import build_config, config_from_dict, load_toml
 from evolm.data import Corpus
 from evolm.errors import UsageError
+from evolm.models import build_model
 from evolm.seeding import torch_generator
-from evolm.worker import build_model
 
 # The TINY sizes of tests/conftest.py, as config overrides.
 TINY = [

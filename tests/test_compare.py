@@ -111,7 +111,7 @@ def test_compare_judges_every_method_with_the_frozen_initial_model(tmp_path, cli
 
     from evolm.config import build_config
     from evolm.data import Corpus
-    from evolm.worker import build_model
+    from evolm.models import build_model
 
     out = tmp_path / "cmp"
     settings = [arg for item in JUDGED for arg in ("--set", item)]

@@ -60,7 +60,8 @@ def _multi_chunk_space():
 
 
 def test_chunked_adam_step_equals_torch_adam_and_shares_its_state_format():
-    from evolm.strategies.es import EsUpdate, make_center_optimizer
+    from evolm.strategies.es import EsUpdate
+    from evolm.strategies.optimizers import make_center_optimizer
 
     config = build_config(overrides=[("strategy.weight_decay", 0.01)])
     ours, theirs = _multi_chunk_space(), _multi_chunk_space()
@@ -86,7 +87,8 @@ def test_chunked_adam_step_equals_torch_adam_and_shares_its_state_format():
 
 
 def test_sgd_center_step_is_plain_and_keeps_no_state():
-    from evolm.strategies.es import EsUpdate, make_center_optimizer
+    from evolm.strategies.es import EsUpdate
+    from evolm.strategies.optimizers import make_center_optimizer
 
     config = build_config(overrides=[("strategy.optimizer", "sgd"), ("strategy.learning_rate", 0.1)])
     space = _multi_chunk_space()

@@ -18,10 +18,11 @@ from evolm.genome import (
     gene_entries,
 )
 from evolm.individuals import clone_individual, make_individual, make_vector_individual
+from evolm.models import build_model
 from evolm.seeding import scoped_python_random
 from evolm.strategies.ga import RebaseUpdate
 from evolm.strategies.variation import NoiseVariation, VectorVariation
-from evolm.worker import Worker, build_model
+from evolm.worker import Worker
 
 
 def small_model(width=32):

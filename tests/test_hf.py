@@ -18,10 +18,11 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 import evolm.api as api
+from evolm.assembly import hf_worker
 from evolm.config import build_config
 from evolm.errors import UsageError
 from evolm.models.base import sample_next
-from evolm.models.hf import HFCausalLM, default_params, hf_worker, load_hf
+from evolm.models.hf import HFCausalLM, default_params, load_hf
 
 VOCAB = 320
 SETTINGS = dict(

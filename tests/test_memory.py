@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from evolm.assembly import worker_from_config
 from evolm.config import build_config
-from evolm.worker import Worker
 
 CHILD = r"""
 import json, re, sys
@@ -30,7 +30,8 @@ from evolm.engine import step_generation
 from evolm.evaluators import LocalEvaluator
 from evolm.fitness import build_fitness
 from evolm.strategies import make_strategy
-from evolm.worker import Worker, build_model
+from evolm.models import build_model
+from evolm.worker import Worker
 
 mode, optimizer = sys.argv[1], sys.argv[2]
 config = build_config(overrides=[("model.width", 1024), ("model.layers", 2), ("model.heads", 8), ("model.ff", 4096),
@@ -44,7 +45,7 @@ if mode == "inference":
         for generation in range(2):
             fitness(model, fitness.context(generation))
 else:
-    worker = Worker.from_config(config)
+    worker = worker_from_config(config)
     model = worker.model
     strategy = make_strategy(config, worker)
     evaluator = LocalEvaluator(worker)
@@ -89,7 +90,7 @@ def test_a_worker_holds_no_model_sized_buffer_but_the_snapshot_and_the_moments()
             ("strategy.population_size", 4),
         ]
     )
-    worker = Worker.from_config(config)
+    worker = worker_from_config(config)
     assert worker.genome.buffer_bytes() == 0  # a worker that has scored nothing holds no noise
     assert worker.optimizer_state() is None
     from evolm.strategies.es import EsUpdate
@@ -114,7 +115,7 @@ def test_a_finished_run_frees_its_search_state_before_the_closing_plot_and_sampl
     workers = []
 
     def factory(config):
-        worker = Worker.from_config(config)
+        worker = worker_from_config(config)
         workers.append(worker)
         return worker
 

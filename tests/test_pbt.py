@@ -2,11 +2,11 @@
 
 import torch
 
+from evolm.assembly import worker_from_config
 from evolm.config import build_config
 from evolm.engine import step_generation
 from evolm.evaluators import LocalEvaluator
 from evolm.strategies import make_strategy
-from evolm.worker import Worker
 
 TINY = [
     ("model.width", 32),
@@ -25,7 +25,7 @@ TINY = [
 
 def test_exploit_copies_weights_and_hyperparameters_from_a_better_member():
     config = build_config(overrides=TINY)
-    worker = Worker.from_config(config)
+    worker = worker_from_config(config)
     strategy = make_strategy(config, worker)
     evaluator = LocalEvaluator(worker)
     initial = worker.validation_loss()
@@ -69,7 +69,7 @@ def test_pbt_dropout_is_seeded_and_leaves_the_callers_rng_states_alone():
     before = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
     runs = []
     for _ in range(2):
-        worker = Worker.from_config(config)
+        worker = worker_from_config(config)
         strategy = make_strategy(config, worker)
         evaluator = LocalEvaluator(worker)
         assert any(strategy.genome.decode(m["genes"])["dropout"] > 0.01 for m in strategy.members)

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from evolm.assembly import worker_from_config
 from evolm.config import build_config
 from evolm.data import Corpus
 from evolm.fitness import mean_log_likelihood
 from evolm.genome import LowRankGenome, ParamSpace
+from evolm.models import build_model
 from evolm.population import population_log_likelihood
-from evolm.worker import build_model
 
 
 @pytest.mark.parametrize("model_name, params, rank", [("gpt", ".*", 1), ("gpt", "blocks.0|head", 3), ("lstm", ".*", 2)])
@@ -65,7 +66,6 @@ def test_the_batched_pass_never_copies_the_weights():
     """EGGROLL's pass adds the low-rank term inside the forward: no in-place perturbation, so the
     worker never takes the undo snapshot (1x the weights) that in-place scoring needs."""
     from evolm.strategies.es import EsUpdate
-    from evolm.worker import Worker
 
     config = build_config(
         overrides=[
@@ -80,7 +80,7 @@ def test_the_batched_pass_never_copies_the_weights():
             ("data.val_sequences", 4),
         ]
     )
-    worker = Worker.from_config(config)
+    worker = worker_from_config(config)
     assert worker.population_chunk == 4
     worker.evaluate([[(1, 0.02)], [(1, -0.02)], [(2, 0.02)], [(2, -0.02)]], generation=0)
     worker.apply_update(EsUpdate([1, 2], [0.5, -0.5]))

@@ -24,10 +24,10 @@ import pytest
 import ray
 from conftest import REPO, TINY, run_cli
 
+from evolm.assembly import worker_from_config
 from evolm.config import build_config
 from evolm.errors import UsageError
 from evolm.refine import RefineUpdate
-from evolm.worker import Worker
 
 # TINY as config overrides, fewer generations: enough for updates to move the center several times.
 GENERATIONS = 5
@@ -170,7 +170,7 @@ def test_replacement_actor_is_synchronised_from_the_driver(ray_runtime):
     from evolm.strategies import make_strategy
 
     config = tiny_config("es", "seed", workers=2)
-    reference, driver = Worker.from_config(config), Worker.from_config(config)
+    reference, driver = worker_from_config(config), worker_from_config(config)
     local, remote = LocalEvaluator(reference), RayEvaluator(config, driver)
     try:
         strategy = make_strategy(config, driver)
@@ -225,7 +225,7 @@ def test_bytes_per_generation_do_not_grow_with_the_model(ray_runtime):
     sent, sizes = [], []
     for width, ff in ((32, 64), (128, 512)):
         config = tiny_config("es", "seed", workers=2, extra=[("model.width", str(width)), ("model.ff", str(ff))])
-        worker = Worker.from_config(config)
+        worker = worker_from_config(config)
         sizes.append(count_parameters(worker.model))
         evaluator = RayEvaluator(config, worker)
         try:
@@ -250,7 +250,7 @@ def test_vector_genes_travel_as_one_array(ray_runtime):
     from evolm.strategies import make_strategy
 
     config = tiny_config("ga", "vector", workers=2, extra=[("genome.params", "bias|norm")])
-    reference, driver = Worker.from_config(config), Worker.from_config(config)
+    reference, driver = worker_from_config(config), worker_from_config(config)
     genes = reference.space.numel
     evaluator = RayEvaluator(config, driver)
     try:
@@ -271,13 +271,13 @@ def test_actors_on_another_device_type_than_the_driver_are_refused():
 
     config = tiny_config("es", "seed", workers=2, extra=[("evaluator.gpus_per_worker", "1")])
     with pytest.raises(UsageError) as caught:
-        RayEvaluator(config, Worker.from_config(config))
+        RayEvaluator(config, worker_from_config(config))
     message = str(caught.value)
     assert "\n" not in message and "gpus_per_worker" in message and "cuda" in message and "cpu" in message, message
 
 
 class DriftingRefinement:
-    """A worker factory: ``Worker.from_config``, except in the one Ray actor that claims ``marker``
+    """A worker factory: ``worker_from_config``, except in the one Ray actor that claims ``marker``
     first, where every refinement leaves its weights slightly off, as CUDA's nondeterministic
     embedding backward can. Pickled by reference (this module), so actors build it themselves."""
 
@@ -285,7 +285,7 @@ class DriftingRefinement:
         self.marker = marker
 
     def __call__(self, config):
-        worker = Worker.from_config(config)
+        worker = worker_from_config(config)
         if ray.is_initialized() and ray.get_runtime_context().get_actor_id() and self._claim():
             exact = worker.apply_update
 
@@ -351,7 +351,7 @@ from evolm.evaluators.ray import RayEvaluator
 from evolm.worker import Worker
 
 config = build_config(None, {overrides!r})
-evaluator = RayEvaluator(config, Worker.from_config(config))  # no runtime in this process: evolm starts its own
+evaluator = RayEvaluator(config, worker_from_config(config))  # no runtime in this process: evolm starts its own
 assert evaluator._owns_runtime and len(evaluator.actors) == 2
 sockets = []
 for process in [psutil.Process()] + psutil.Process().children(recursive=True):

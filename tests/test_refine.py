@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from evolm.assembly import worker_from_config
 from evolm.config import build_config
 from evolm.engine import step_generation
 from evolm.evaluators import LocalEvaluator
 from evolm.refine import maybe_refine
 from evolm.strategies import make_strategy
-from evolm.worker import Worker
 
 TINY = [
     ("model.width", 32),
@@ -28,7 +28,7 @@ TINY = [
 
 def setup(strategy, mode, loss="likelihood"):
     config = build_config(overrides=[*TINY, ("strategy.name", strategy), ("refine.mode", mode), ("refine.loss", loss)])
-    worker = Worker.from_config(config)
+    worker = worker_from_config(config)
     evaluator = LocalEvaluator(worker)
     strategy = make_strategy(config, worker)
     step_generation(strategy, evaluator, 0)
@@ -80,7 +80,7 @@ def test_refinement_of_a_module_in_training_mode_is_seeded_and_leaves_the_caller
     from evolm.refine import refine_in_place
 
     config = build_config(overrides=[*TINY, ("model.dropout", 0.3)])
-    worker = Worker.from_config(config)
+    worker = worker_from_config(config)
     worker.model.train()
     start = [t.clone() for t in worker.space.tensors]
     torch.manual_seed(42)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import REPO, TINY, read_metrics, run_cli
 
+from evolm.assembly import worker_from_config
 from evolm.engine import WALL_CLOCK_FIELDS
 
 
@@ -144,9 +145,8 @@ def interrupting_factory(stop_at):
     """The standard worker, cut off while the engine logs generation ``stop_at`` (a crash mid-run)."""
 
     def factory(config):
-        from evolm.worker import Worker
 
-        worker = Worker.from_config(config)
+        worker = worker_from_config(config)
         report = worker.report
 
         def report_until(generation, genes=None):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from functions import minimise, rastrigin, sphere
 
+from evolm.assembly import worker_from_config
 from evolm.config import build_config
 from evolm.engine import WALL_CLOCK_FIELDS, run
 from evolm.strategies import STRATEGIES
@@ -307,10 +308,9 @@ def test_pbt_default_population_and_its_memory_cost():
     """pbt's default is 8 members, each holding its own copy of the evolving weights and Adam's two moments:
     members x 3 x the weight bytes (what --help and the README state)."""
     from evolm.strategies import make_strategy
-    from evolm.worker import Worker
 
     config = build_config(overrides=[*TINY_LM, ("strategy.name", "pbt"), ("strategy.pbt_steps", 1)])
-    worker = Worker.from_config(config)
+    worker = worker_from_config(config)
     strategy = make_strategy(config, worker)
     strategy.ask(0)  # one ready interval: every member now has Adam state
 

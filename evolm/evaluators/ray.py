@@ -22,6 +22,7 @@ import ray
 import ray.exceptions
 import torch
 
+from evolm.assembly import worker_from_config
 from evolm.errors import UsageError
 from evolm.evaluators import aligned_slices
 from evolm.evaluators.ray_actor import EvaluationActor, pack, payload_bytes
@@ -85,7 +86,7 @@ class RayEvaluator:
                 f"{self.device} but the driver's model is on {driver_type}; use one device type per run "
                 f"(device=cuda with gpus_per_worker > 0, or device=cpu with gpus_per_worker=0)"
             )
-        self._factory = getattr(worker, "factory", None)  # engine.make_worker records it; it must pickle
+        self._factory = getattr(worker, "factory", None) or worker_from_config  # it must pickle
         self._owns_runtime = connect(settings, settings.workers * self.threads)
         self.target = actor_count(settings.workers, self.threads, self.gpus)
         # Chunks start at multiples of the worker's batched-pass size, so each actor forms the same

@@ -30,11 +30,10 @@ def pack(genes: list):
 
 class EvaluationActor:
     """A Ray actor holding one worker, built from the run config (never from shipped weights) by the
-    driver worker's factory (``Worker.from_config`` unless the run was given another)."""
+    driver worker's factory (:func:`evolm.engine.make_worker` records it: ``worker_from_config`` unless the
+    run was given another), so every actor's worker is built exactly as the driver's was."""
 
-    def __init__(self, config, threads: int, device: str, factory=None):
-        from evolm.worker import Worker
-
+    def __init__(self, config, threads: int, device: str, factory):
         torch.set_num_threads(threads)
         config = copy.deepcopy(config)
         config.threads = threads
@@ -42,7 +41,7 @@ class EvaluationActor:
         self.worker = None
         self.error = None
         try:
-            self.worker = (factory or Worker.from_config)(config)
+            self.worker = factory(config)
         except UsageError as error:  # e.g. the data path is missing on this node: the driver says so
             self.error = ("usage", str(error))
         except Exception as error:

@@ -221,7 +221,7 @@ def load_hf(name, device="cpu") -> tuple[HFCausalLM, HFTokenizer]:
 def build_hf(config, device=None) -> tuple[HFCausalLM, HFTokenizer]:
     """The model and tokenizer of a run config whose ``model.name`` is ``hf:PATH``, on ``device`` (default
     ``config.device``); ``model.context`` (the training window) must fit the checkpoint's positions."""
-    from evolm.worker import resolve_device
+    from evolm.models.build import resolve_device
 
     with scoped_torch_seed(config.seed):  # weights the checkpoint lacks, if any, are initialised alike everywhere
         model, tokenizer = load_hf(config.model.name, resolve_device(device or config.device))
@@ -272,24 +272,6 @@ def resolved_params(config, model: nn.Module) -> str:
     return default_params(model) if config.genome.params == DEFAULT_PARAMS else config.genome.params
 
 
-def hf_worker(config, corpus=None, *, fitness=None, validation=None):
-    """The :class:`~evolm.worker.Worker` of a run config whose ``model.name`` is ``hf:PATH``: the checkpoint,
-    the corpus tokenized by its tokenizer, the default (or configured) parameter subset. What
-    ``Worker.from_config`` delegates to, and a picklable worker factory for Ray (actors load the folder)."""
-    from evolm.api import build_worker
-
-    model, tokenizer = build_hf(config)
-    return build_worker(
-        config,
-        model,
-        fitness=fitness,
-        tokenizer=tokenizer,
-        corpus=corpus,
-        validation=validation,
-        params=resolved_params(config, model),
-    )
-
-
 __all__ = [
     "HFCausalLM",
     "HFTokenizer",
@@ -297,7 +279,6 @@ __all__ = [
     "build_hf",
     "default_params",
     "hf_path",
-    "hf_worker",
     "is_hf",
     "load_hf",
     "load_hf_tokenizer",
