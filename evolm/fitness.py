@@ -6,17 +6,15 @@
 - ``self``: the candidate continues prompts drawn from the training text; a scorer (the candidate
   itself, or the frozen model the run started from) gives the mean log-likelihood per token of
   those continuations (self-feedback, as in the seed document's environment).
-- ``diversity``: of the candidate's continuations, the mean of distinct-1..4 and 1 - repetition rate,
-  a share in [0, 1] counted in nats: times ln(vocabulary size), the gap between a uniform and a
-  certain model, so that equal weights give the terms equal ranges.
+- ``diversity``: :func:`evolm.textstats.diversity_score` of the candidate's continuations (distinct-1..4
+  and 1 - repetition rate), a share in [0, 1] counted in nats: times ln(vocabulary size), the gap
+  between a uniform and a certain model, so that equal weights give the terms equal ranges.
 - ``margin``: the seed document's perceptual loss max(0, m + s_n - s_p) as fitness, negated: s_p is
   the scorer's mean log-likelihood of the real batch, s_n its score of the candidate's continuations.
-- ``novelty``: how far the candidate's continuations are from the rest of the population's this
-  generation: the mean cosine distance between hashed n-gram profiles (n = 1..4), in [0, 1] and
-  counted in nats like diversity. Novelty search (Lehman & Stanley 2011, "Abandoning Objectives")
-  rewards behaviour unlike the others'; here the behaviour is the text written. Workers send each
-  profile (256 half-precision counts) with the other terms, and the driver scores novelty once the
-  whole population is in (:func:`with_novelty`); a model scored alone has novelty 0.
+- ``novelty`` (novelty search, Lehman & Stanley 2011): how far the candidate's continuations are from
+  the rest of the population's this generation (:func:`evolm.textstats.novelty_scores`), in [0, 1] and
+  counted in nats like diversity. Workers send each n-gram profile with the other terms; the driver
+  scores novelty once the whole population is in (:func:`with_novelty`); a model scored alone has 0.
 
 What a generation shares (the batch, the prompts, the sampling seed) is built once from derived
 seeds, so every individual meets the same text (common random numbers). The terms combine into a
@@ -40,23 +38,19 @@ from torch import nn
 from evolm.data import VOCAB_SIZE, Batch
 from evolm.errors import UsageError
 from evolm.seeding import derive_seed, torch_generator
+from evolm.textstats import distinct_n, diversity_score, ngram_profile, novelty_scores, repetition_rate
 
 TERMS = ("likelihood", "self", "diversity", "margin", "novelty")
 GENERATION_TERMS = ("self", "diversity", "margin", "novelty")  # terms that need the candidate's own continuations
 SCORERS = ("self", "reference")
-DIVERSITY_ORDERS = (1, 2, 3, 4)  # distinct-n for these n
-REPETITION_ORDER = 4  # repetition rate counts repeated 4-grams (bytes: about one short word)
-PROFILE_BUCKETS = 256  # hashed n-gram profile length: 512 bytes per individual in float16
 # The per-generation report: fixed validation prompts and seed, cheap next to a generation.
 REPORT_PROMPTS = 8
 REPORT_NEW_TOKENS = 32
 
 
-# --- pure helpers -------------------------------------------------------------------------------
-
-
 @torch.no_grad()
 def mean_log_likelihood(model: nn.Module, batch: Batch) -> float:
+    """The ``likelihood`` term: mean log-likelihood per token of ``batch`` (minus the cross-entropy loss)."""
     logits = model(batch.inputs)
     return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.targets.reshape(-1)).item()
 
@@ -66,85 +60,6 @@ def finite_or_worst(value: float, what: str = "fitness") -> float:
         return value
     warnings.warn(f"{what} was {value}; scored as -inf", RuntimeWarning, stacklevel=2)
     return -math.inf
-
-
-def _rows(tokens) -> list[list[int]]:
-    """Token sequences as lists: a 1-D or 2-D tensor, one list of ints, or a list of sequences."""
-    if isinstance(tokens, torch.Tensor):
-        return [tokens.tolist()] if tokens.dim() == 1 else tokens.tolist()
-    tokens = list(tokens)
-    if tokens and not isinstance(tokens[0], (list, tuple, torch.Tensor)):
-        return [[int(t) for t in tokens]]
-    return [t.tolist() if isinstance(t, torch.Tensor) else list(t) for t in tokens]
-
-
-def _ngrams(row: list[int], n: int) -> list[tuple[int, ...]]:
-    return [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
-
-
-def distinct_n(tokens, n: int) -> float:
-    """Distinct n-grams over all n-grams (Li et al. 2016), pooled over the rows; n-grams never cross rows.
-
-    1.0 when no n-gram repeats, near 0 for a model that always writes the same thing; 0.0 without n-grams.
-    """
-    seen: set[tuple[int, ...]] = set()
-    total = 0
-    for row in _rows(tokens):
-        grams = _ngrams(row, n)
-        total += len(grams)
-        seen.update(grams)
-    return len(seen) / total if total else 0.0
-
-
-def repetition_rate(tokens, n: int = REPETITION_ORDER) -> float:
-    """Share of each row's n-grams that repeat an earlier n-gram of the same row (seq-rep-n, Welleck et al.
-    2019), averaged over rows: 0 for text that never loops, near 1 for one token written over and over."""
-    rates = []
-    for row in _rows(tokens):
-        grams = _ngrams(row, n)
-        if grams:
-            rates.append(1.0 - len(set(grams)) / len(grams))
-    return sum(rates) / len(rates) if rates else 0.0
-
-
-def diversity_score(tokens) -> float:
-    """The diversity term: mean of distinct-1..4 and (1 - repetition rate), in [0, 1]."""
-    parts = [distinct_n(tokens, n) for n in DIVERSITY_ORDERS] + [1.0 - repetition_rate(tokens)]
-    return sum(parts) / len(parts)
-
-
-def ngram_profile(tokens: torch.Tensor, buckets: int = PROFILE_BUCKETS) -> np.ndarray:
-    """Counts of the n-grams (n = 1..4, never across rows) of ``tokens`` (rows, length), hashed into
-    ``buckets`` and scaled to unit length: texts sharing many n-grams point the same way."""
-    tokens = tokens.detach().to("cpu", torch.int64)
-    counts = torch.zeros(buckets, dtype=torch.float64)
-    for n in DIVERSITY_ORDERS:
-        if tokens.shape[1] < n:
-            continue
-        ids = torch.zeros(tokens.shape[0], tokens.shape[1] - n + 1, dtype=torch.int64)
-        for k in range(n):  # a base-257 number per n-gram: exact in int64 for n <= 4
-            ids = ids * 257 + tokens[:, k : tokens.shape[1] - n + 1 + k] + 1
-        # A multiplicative hash with the order mixed in; int64 wrap-around is deterministic.
-        hashed = torch.remainder((ids * 0x9E3779B1 + n * 0x85EBCA6B) >> 7, buckets)
-        counts += torch.bincount(hashed.reshape(-1), minlength=buckets).double()
-    norm = counts.norm()
-    return (counts / norm if norm > 0 else counts).numpy().astype(np.float16)
-
-
-def novelty_scores(profiles: list) -> list[float]:
-    """Each profile's mean cosine distance to the other (not None) profiles; 0 with no others.
-
-    Profiles are unit vectors of non-negative counts, so every distance lies in [0, 1]."""
-    present = [i for i, p in enumerate(profiles) if p is not None]
-    scores = [0.0] * len(profiles)
-    if len(present) < 2:
-        return scores
-    matrix = np.stack([np.asarray(profiles[i], dtype=np.float64) for i in present])
-    distances = 1.0 - np.clip(matrix @ matrix.T, 0.0, 1.0)
-    means = distances.sum(axis=1) / (len(present) - 1)  # the diagonal is 0
-    for i, value in zip(present, means):
-        scores[i] = float(value)
-    return scores
 
 
 @dataclass
@@ -240,7 +155,7 @@ def objective_count(config) -> int:
 def validate_fitness_config(config) -> None:
     """Raise UsageError (one line naming the field) for a fitness section this build cannot use."""
     fitness = config.fitness
-    parse_terms(fitness.terms)
+    terms = parse_terms(fitness.terms)
     for key in ("prompts", "prompt_tokens", "generate_tokens"):
         if getattr(fitness, key) <= 0:
             raise UsageError(f"config field fitness.{key} must be positive, got {getattr(fitness, key)}")
@@ -252,8 +167,7 @@ def validate_fitness_config(config) -> None:
         )
     if not math.isfinite(fitness.margin):
         raise UsageError(f"config field fitness.margin must be a finite number, got {fitness.margin}")
-    names = {name for name, weight in parse_terms(fitness.terms) if weight > 0}
-    if "novelty" in names and config.strategy.name == "pbt":
+    if any(name == "novelty" and weight > 0 for name, weight in terms) and config.strategy.name == "pbt":
         raise UsageError(
             "config field fitness.terms: the novelty term needs a population scored together, "
             "and pbt scores its members one by one; drop novelty or choose es, ga, nsga2 or cmaes"

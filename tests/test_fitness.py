@@ -14,18 +14,14 @@ from evolm.errors import UsageError
 from evolm.fitness import (
     build_fitness,
     continuation_log_likelihood,
-    distinct_n,
-    diversity_score,
     mean_log_likelihood,
-    ngram_profile,
-    novelty_scores,
     objective_count,
     parse_terms,
-    repetition_rate,
     with_novelty,
 )
 from evolm.models import GPT, GPTConfig, LSTMConfig, LSTMLanguageModel
 from evolm.seeding import scoped_torch_seed
+from evolm.textstats import distinct_n, diversity_score, ngram_profile, novelty_scores, repetition_rate
 
 torch.set_num_threads(1)
 

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from evolm.data import Corpus
 from evolm.engine import json_number, prepare_run_dir, save_model_file, toml_ready, write_json
 from evolm.errors import UsageError
-from evolm.fitness import distinct_n
 from evolm.models import build_model, count_parameters, resolve_device
 from evolm.models.base import sample_next
 from evolm.seeding import torch_generator
+from evolm.textstats import distinct_n
 
 
 def peak_rss_mb() -> float:
