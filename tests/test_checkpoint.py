@@ -26,6 +26,7 @@ from evolm.checkpoint import (
     python_rng_from_json,
     python_rng_to_json,
     save_checkpoint,
+    store,
     torch_rng_from_json,
     torch_rng_to_json,
     truncate_metrics,
@@ -329,7 +330,7 @@ def test_individuals_round_trip_with_their_fitness(tmp_path):
 
 def test_failed_write_midway_keeps_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, payload(0))
-    real_write = ckpt._write_file
+    real_write = store._write_file
 
     def failing_write(path, data):
         if path.name == "state.json":
@@ -337,7 +338,7 @@ def test_failed_write_midway_keeps_previous_checkpoint(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(ckpt, "_write_file", failing_write)
+    monkeypatch.setattr(store, "_write_file", failing_write)
     with pytest.raises(OSError):
         save_checkpoint(tmp_path, payload(1))
     assert_payload(load_checkpoint(tmp_path), 0)
@@ -346,7 +347,7 @@ def test_failed_write_midway_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_failed_swap_puts_previous_checkpoint_back(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, payload(0))
-    real_rename = ckpt._rename
+    real_rename = store._rename
     calls = []
 
     def failing_rename(source, target):
@@ -355,7 +356,7 @@ def test_failed_swap_puts_previous_checkpoint_back(tmp_path, monkeypatch):
             raise OSError(5, "Input/output error")
         real_rename(source, target)
 
-    monkeypatch.setattr(ckpt, "_rename", failing_rename)
+    monkeypatch.setattr(store, "_rename", failing_rename)
     with pytest.raises(OSError):
         save_checkpoint(tmp_path, payload(1))
     assert calls[:2] == ["checkpoint.old", "checkpoint"]
@@ -368,7 +369,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import torch
-    from evolm import checkpoint as c
+    from evolm.checkpoint import store as c
 
     run_dir, stage = Path(sys.argv[1]), sys.argv[2]
     real_write, real_rename = c._write_file, c._rename
