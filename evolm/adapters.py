@@ -129,7 +129,7 @@ def param_space(model: nn.Module, pattern: str) -> ParamSpace:
         return ParamSpace(model, pattern)
     space = ParamSpace(inner, pattern)
     space.model = model
-    space.names = [model.inner_prefix + name for name in space.names]  # keys of the wrapper's state_dict
+    space.names = [f"{model.inner_prefix}{name}" for name in space.names]  # keys of the wrapper's state_dict
     return space
 
 

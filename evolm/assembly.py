@@ -227,15 +227,16 @@ def build_worker(
     uses_text = fitness is None or bool(config.data.path) or corpus is not None
     validation_fn = None
     if uses_text:
-        corpus = corpus or load_corpus(config, tokenizer)
-        vocab = max(tokenizer_vocab(tokenizer), int(corpus.train.max()) + 1)
+        text = corpus or load_corpus(config, tokenizer)
+        vocab = max(tokenizer_vocab(tokenizer), int(text.train.max()) + 1)
         check_logits(language_model, vocab, device)
         if probe:
             probe_language_model(language_model, vocab, device, model_context_of(language_model))
-        val_batch = corpus.validation_batch(config.data.val_sequences).to(device)
+        val_batch = text.validation_batch(config.data.val_sequences).to(device)
         validation_fn = functools.partial(_validation_loss, batch=val_batch)
+        source: Corpus | NoCorpus = text
     else:
-        corpus = NoCorpus()
+        source = NoCorpus()
         if config.refine.every:
             raise UsageError(
                 "config field refine.every: gradient refinement needs text; pass data= (a corpus file) "
@@ -244,7 +245,7 @@ def build_worker(
     if validation is not None:
         validation_fn = functools.partial(_user_validation, function=validation)
     space = param_space(language_model, params or config.genome.params)
-    scorer = CallableFitness(fitness) if fitness is not None else build_fitness(config, corpus, device, language_model)
+    scorer = CallableFitness(fitness) if fitness is not None else build_fitness(config, source, device, language_model)
     worker = Worker(
         language_model,
         space,
@@ -253,7 +254,7 @@ def build_worker(
         functools.partial(make_center_optimizer, config=config),
         validation=validation_fn,
     )
-    worker.corpus = corpus
+    worker.corpus = source
     worker.device = device
     worker.config = config
     worker.tokenizer = tokenizer if uses_text else None

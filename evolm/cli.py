@@ -9,8 +9,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from evolm.compare import compare, parse_methods
 from evolm.config import STRATEGY_DEFAULTS, build_config, parse_assignment, strategy_defaults
+from evolm.engine import resume, run
 from evolm.errors import UsageError
+from evolm.plot import plot_run
+from evolm.sampling import printable, sample_text
 
 EXIT_USAGE = 2
 
@@ -225,23 +229,17 @@ def _overrides_from_args(args) -> list[tuple[str, str]]:
 
 
 def command_run(args) -> int:
-    from evolm.engine import run
-
     config = build_config(args.config, _overrides_from_args(args))
     run(config, out_dir=args.out, overwrite=args.overwrite, progress=not args.quiet)
     return 0
 
 
 def command_resume(args) -> int:
-    from evolm.engine import resume
-
     resume(args.run_dir, progress=not args.quiet)
     return 0
 
 
 def command_sample(args) -> int:
-    from evolm.sampling import printable, sample_text
-
     text = sample_text(
         args.run_dir, prompt=args.prompt, tokens=args.tokens, temperature=args.temperature, seed=args.seed
     )
@@ -250,8 +248,6 @@ def command_sample(args) -> int:
 
 
 def command_plot(args) -> int:
-    from evolm.plot import plot_run
-
     print(plot_run(args.run_dir, args.out))
     return 0
 
@@ -267,9 +263,6 @@ def _positive_number(text, option, kind=float):
 
 
 def command_compare(args) -> int:
-    from evolm.compare import compare, parse_methods
-    from evolm.config import build_config
-
     methods = parse_methods(args.methods)
     seeds = _positive_number(args.seeds, "--seeds", int)
     budget_seconds = _positive_number(args.budget_seconds, "--budget-seconds") if args.budget_seconds else None

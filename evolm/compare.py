@@ -21,15 +21,22 @@ import importlib.metadata
 import json
 import math
 import os
+import platform
 import shlex
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from evolm.assembly import worker_from_config
+from evolm.baselines import BASELINES, peak_rss_mb
+from evolm.config import build_config
+from evolm.engine import run
 from evolm.errors import UsageError
 from evolm.fitness import REPORT_NEW_TOKENS, REPORT_PROMPTS
+from evolm.sampling import load_run_model
 
 # Evolution methods: config overrides on top of the user's; "hybrid" is es with gradient refinement.
 EVOLUTION = {
@@ -68,9 +75,6 @@ def parse_methods(text: str) -> list[str]:
 
 def run_one(method: str, seed: int, out_dir: Path, overrides, budget_seconds, budget_tokens) -> dict:
     """Run one method and seed in this process; returns its summary (with peak_rss_mb)."""
-    from evolm.baselines import BASELINES, peak_rss_mb
-    from evolm.config import build_config
-    from evolm.engine import run
 
     def quiet(*args) -> None:
         """The child's output is its summary line alone."""
@@ -110,7 +114,6 @@ class Judge:
     """
 
     def __init__(self, overrides, seed: int):
-        from evolm.config import build_config
 
         config = build_config(
             overrides=[
@@ -134,7 +137,6 @@ class Judge:
 
     def __call__(self, run_dir: Path) -> dict:
         """Judge the final weights a run left in ``run_dir``."""
-        from evolm.sampling import load_run_model
 
         return self._figures(load_run_model(run_dir).to(self.worker.device))
 
@@ -165,7 +167,9 @@ def compare(
     spec = json.dumps(
         {"overrides": [list(p) for p in overrides], "budget_seconds": budget_seconds, "budget_tokens": budget_tokens}
     )
-    rows, curves, judges = [], {}, {}
+    rows: list[dict] = []
+    curves: dict[str, list] = {}
+    judges: dict = {}
     for method in methods:
         summaries, failure = [], None
         for seed in range(seeds):
@@ -224,7 +228,7 @@ def compare(
             f"evolm compare: {method}: validation loss {rows[-1]['val_loss_final']:.3f} ± {rows[-1]['val_loss_std']:.3f}"
         )
     budget = f"{budget_seconds:g} s" if budget_seconds else f"{budget_tokens:,} forward tokens"
-    judge = {
+    judge: dict = {
         "scorer": "the frozen initial model (the same config and seed as every method's start)",
         "prompts": REPORT_PROMPTS,
         "new_tokens": REPORT_NEW_TOKENS,
@@ -252,9 +256,6 @@ def compare(
 
 def machine() -> dict:
     """Where the comparison ran: CPU model, cores, Python, torch (and Ray) versions."""
-    import platform
-
-    import torch
 
     cpu = platform.processor()
     try:

@@ -6,14 +6,22 @@ Every mistake becomes a :class:`~evolm.errors.UsageError` naming the field, neve
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import re
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evolm.errors import UsageError
+from evolm.fitness import validate_fitness_config
+from evolm.genome import GENOMES
+from evolm.models import MODEL_NAMES
+from evolm.refine import validate_refine_config
+from evolm.strategies import STRATEGIES
 
 
 @dataclass
@@ -243,7 +251,7 @@ def apply_mapping(target, mapping: dict, prefix: str = "") -> None:
 
 def set_dotted(config: RunConfig, key: str, value: Any) -> None:
     """Set ``config.<key>`` from a dotted path such as ``model.width``, coercing the value's type."""
-    target = config
+    target: Any = config
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
         child = getattr(target, part, None) if part in _field_types(type(target)) else None
@@ -275,7 +283,7 @@ def load_toml(path: str | Path) -> dict:
         raise UsageError(f"config file {path} is not valid TOML: {error}") from None
 
 
-def build_config(toml_path: str | Path | None = None, overrides: list[tuple[str, Any]] = ()) -> RunConfig:
+def build_config(toml_path: str | Path | None = None, overrides: Sequence[tuple[str, Any]] = ()) -> RunConfig:
     """Defaults, then the TOML file, then overrides in order; validated."""
     config = RunConfig()
     if toml_path is not None:
@@ -300,8 +308,6 @@ def _positive(value, key):
 
 def validate(config: RunConfig) -> None:
     """Check every field; first fill the fields left unset with the chosen strategy's defaults."""
-    from evolm.models import MODEL_NAMES
-    from evolm.strategies import STRATEGIES
 
     if config.strategy.name not in STRATEGIES:
         raise UsageError(
@@ -339,8 +345,6 @@ def validate(config: RunConfig) -> None:
             f"config field model.width ({config.model.width}) must be divisible by model.heads ({config.model.heads})"
         )
     if config.tensorboard:
-        import importlib.util
-
         if importlib.util.find_spec("tensorboard") is None:
             raise UsageError(
                 "config field tensorboard is on but the tensorboard package is not installed (pip install tensorboard)"
@@ -355,10 +359,9 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"config field threads must be 0 (torch's default) or positive, got {config.threads}")
     if config.device not in ("cpu", "cuda") and not config.device.startswith("cuda:"):
         raise UsageError(f"config field device must be cpu or cuda, got {config.device!r}")
-    import re
 
     try:
-        re.compile(config.genome.params)
+        re.compile(config.genome.params or "")
     except re.error as error:
         raise UsageError(f"config field genome.params is not a valid regular expression: {error}") from None
     if config.evaluator.workers < 0:
@@ -375,10 +378,8 @@ def validate(config: RunConfig) -> None:
             "config field evaluator.ray_address: the threads backend runs on this machine only; "
             "drop the address or use evaluator.backend = ray"
         )
-    from evolm.fitness import validate_fitness_config
 
     validate_fitness_config(config)
-    from evolm.genome import GENOMES
 
     if config.genome.name not in GENOMES:
         raise UsageError(
@@ -394,7 +395,6 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"config field budget_tokens must be 0 (no budget) or positive, got {config.budget_tokens}")
     if config.budget_seconds < 0:
         raise UsageError(f"config field budget_seconds must be 0 (no budget) or positive, got {config.budget_seconds}")
-    from evolm.refine import validate_refine_config
 
     validate_refine_config(config)
     STRATEGIES[config.strategy.name].validate(config)

@@ -349,7 +349,7 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
 def _finish(out_dir: Path, summary: dict, config, log, worker, best_genes) -> None:
     """The end of every run: ``fitness.png``, a short summary and a sample of the final model."""
     try:
-        plot = plot_run(out_dir)
+        plot = str(plot_run(out_dir))
     except (UsageError, OSError) as error:  # a plot must never cost a finished run
         plot = f"(no plot: {error})"
     log(

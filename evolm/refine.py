@@ -100,6 +100,7 @@ def refine_in_place(worker, generation: int, steps: int) -> float:
         p.requires_grad_(False)
     for p in parameters:
         p.requires_grad_(True)
+    optimizer: torch.optim.Optimizer
     if config.refine.optimizer == "adam":
         optimizer = torch.optim.Adam(parameters, lr=config.refine.learning_rate)
     else:

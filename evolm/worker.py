@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -21,7 +23,7 @@ class Worker:
     :func:`evolm.assembly.worker_from_config`, or from your own pieces (any module, parameter space, genome
     and fitness: :func:`evolm.assembly.build_worker`)."""
 
-    def __init__(self, model, space, genome, fitness, optimizer_factory, validation=None):
+    def __init__(self, model, space, genome, fitness, optimizer_factory, validation=None) -> None:
         """``fitness`` follows :class:`evolm.fitness.Fitness`'s interface (``context``, ``__call__``, ``tokens``, ``report``)."""
         self.model = model
         self.space = space
@@ -31,9 +33,17 @@ class Worker:
         self._validation = validation
         self.forward_tokens = 0
         self._optimizer = None
-        self._batch_generation = None
-        self._batch = None
+        self._batch_generation: int | None = None
+        self._batch: Any = None
         self.population_chunk = 0  # > 1: score low-rank genomes this many at a time in one batched pass
+        self.likelihood_weight = 1.0  # the batched pass's weight on the likelihood term
+        # Set by evolm.assembly: what the run reads (corpus, tokenizer: None for a fitness function without
+        # text), where the model lives, the run config; and by the engine, the factory that built this worker.
+        self.corpus: Any = None
+        self.tokenizer: Any = None
+        self.device = torch.device("cpu")
+        self.config: Any = None
+        self.factory: Callable | None = None
 
     def center_optimizer(self):
         """The optimiser of the base (center) weights, made on first use by strategies that step it."""
@@ -55,7 +65,7 @@ class Worker:
         context = self.fitness_context(generation)
         tokens = self.fitness.tokens(context)
         if self.population_chunk:
-            results = []
+            results: list = []
             for start in range(0, len(genes_list), self.population_chunk):
                 chunk = genes_list[start : start + self.population_chunk]
                 scores = population_log_likelihood(self.model, context.batch, self.genome, chunk)

@@ -8,28 +8,17 @@ figures for logs: actors alive, bytes sent) and ``close()``. The engine hands a 
 split across workers; there is no per-item ``map``.
 """
 
-import math
-
 from evolm.evaluators.local import LocalEvaluator
-
-
-def aligned_slices(count: int, pieces: int, multiple: int) -> list[tuple[int, int]]:
-    """At most ``pieces`` contiguous ``(start, stop)`` slices covering ``range(count)``, each starting
-    at a multiple of ``multiple`` (a worker's batched-pass size), so every worker forms the same
-    sub-batches the in-process evaluator would: the same shapes, the same arithmetic."""
-    size = max(1, math.ceil(count / max(1, pieces)))
-    size = math.ceil(size / multiple) * multiple
-    return [(start, min(count, start + size)) for start in range(0, count, size)]
+from evolm.evaluators.split import aligned_slices
+from evolm.evaluators.threads import ThreadEvaluator
 
 
 def make_evaluator(config, worker):
     """In-process unless the config asks for workers (Ray actors, or threads) or a Ray cluster address."""
     if config.evaluator.backend == "threads" and config.evaluator.workers > 1:
-        from evolm.evaluators.threads import ThreadEvaluator
-
         return ThreadEvaluator(config, worker)
     if config.evaluator.backend == "ray" and (config.evaluator.workers or config.evaluator.ray_address):
-        # ray, ray_actor and ray_cluster are the only modules that import ray
+        # Imported on use: ray (with ray_actor, ray_cluster and shipping, the only modules that import it) is heavy.
         from evolm.evaluators.ray import RayEvaluator
 
         return RayEvaluator(config, worker)

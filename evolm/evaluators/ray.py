@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 import ray.exceptions
@@ -24,9 +25,9 @@ import torch
 
 from evolm.assembly import worker_from_config
 from evolm.errors import UsageError
-from evolm.evaluators import aligned_slices
 from evolm.evaluators.ray_actor import EvaluationActor, pack, payload_bytes
 from evolm.evaluators.ray_cluster import actor_count, connect, startup_error, task_error
+from evolm.evaluators.split import aligned_slices
 from evolm.individuals import genes_of
 
 # Tasks in flight per actor: a second queued chunk hides the driver round trip between chunks.
@@ -41,15 +42,15 @@ MAX_FAILED_STARTS = 3
 ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.WorkerCrashedError)
 
 log = logging.getLogger(__name__)
-_ACTOR_CLASS = None  # EvaluationActor as a Ray actor class, made once
+_ACTOR_CLASS: Any = None  # EvaluationActor as a Ray actor class, made once
 
 
 @dataclass(eq=False)
 class _Slot:
     """One actor and what the driver knows of it."""
 
-    actor: object
-    ready_ref: object = None  # pending ``ready()`` while the actor starts; None once it serves
+    actor: Any
+    ready_ref: Any = None  # pending ``ready()`` while the actor starts; None once it serves
     node_id: str = ""
     in_flight: set = field(default_factory=set)
 

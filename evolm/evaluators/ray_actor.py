@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import Any
 
 import numpy as np
 import ray
@@ -38,8 +39,8 @@ class EvaluationActor:
         config = copy.deepcopy(config)
         config.threads = threads
         config.device = device
-        self.worker = None
-        self.error = None
+        self.worker: Any = None
+        self.error: tuple[str, str] | None = None
         try:
             self.worker = factory(config)
         except UsageError as error:  # e.g. the data path is missing on this node: the driver says so

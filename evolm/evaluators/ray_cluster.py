@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import time
+from typing import Any
 
 import ray
 import ray.exceptions
@@ -26,14 +27,14 @@ from evolm.errors import UsageError
 CONNECT_SECONDS = 5.0  # TCP connect to a cluster address
 HANDSHAKE_SECONDS = 5.0  # the address must answer as a gRPC (HTTP/2) server, as Ray's GCS does
 LOOPBACK = "127.0.0.1"
-_COMMON = dict(include_dashboard=False, logging_level=logging.WARNING)
+_COMMON: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING)
 
 
 def refresh_ray_config() -> None:
     """Ray reads RAY_AUTH_MODE into its native config when imported; re-read it, as Ray's own token
     setup does (no public call exists for this)."""
     try:
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]
 
         Config.initialize("")
     except (ImportError, AttributeError):  # another Ray version: it reads the variable at ray.init
@@ -190,7 +191,7 @@ def _check_token(where: str, address: str) -> None:
     # One GCS call, no retries: what `ray health-check` does. Ray has no public single-attempt probe;
     # without this client (another Ray version) ray.init reports a wrong token itself, only slower.
     try:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
     except ImportError:
         return
     with _native_stderr_swallowed():

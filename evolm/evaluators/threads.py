@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from evolm.errors import UsageError
-from evolm.evaluators import aligned_slices
+from evolm.evaluators.split import aligned_slices
 from evolm.individuals import genes_of
 
 

@@ -18,12 +18,14 @@ import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from evolm.errors import UsageError
 from evolm.models.base import LanguageModel
+from evolm.models.build import resolve_device
 from evolm.seeding import scoped_torch_seed
 
 PREFIX = "hf:"
@@ -118,7 +120,7 @@ class HFCausalLM(LanguageModel):
     def __init__(self, model: nn.Module, path: str = ""):
         super().__init__()
         self.model = model
-        settings = model.config
+        settings: Any = model.config
         context = getattr(settings, "n_positions", None) or getattr(settings, "max_position_embeddings", None)
         self.config = HFInfo(context=int(context) if context else None, vocab_size=int(settings.vocab_size), path=path)
         forward = model.forward
@@ -221,8 +223,6 @@ def load_hf(name, device="cpu") -> tuple[HFCausalLM, HFTokenizer]:
 def build_hf(config, device=None) -> tuple[HFCausalLM, HFTokenizer]:
     """The model and tokenizer of a run config whose ``model.name`` is ``hf:PATH``, on ``device`` (default
     ``config.device``); ``model.context`` (the training window) must fit the checkpoint's positions."""
-    from evolm.models.build import resolve_device
-
     with scoped_torch_seed(config.seed):  # weights the checkpoint lacks, if any, are initialised alike everywhere
         model, tokenizer = load_hf(config.model.name, resolve_device(device or config.device))
     context = model.config.context
