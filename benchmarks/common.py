@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import platform
 import statistics
@@ -32,10 +33,8 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
     }
     try:
-        import ray
-
-        info["ray"] = ray.__version__
-    except ImportError:
+        info["ray"] = importlib.metadata.version("ray")  # without importing Ray: only evolm.evaluators does
+    except importlib.metadata.PackageNotFoundError:
         pass
     return info
 

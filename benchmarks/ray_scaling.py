@@ -258,9 +258,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    import ray
-
-    from evolm.evaluators.ray_cluster import start_local_runtime
+    from evolm.evaluators.ray_cluster import start_local_runtime, stop_local_runtime
 
     # A local runtime as evolm starts its own (loopback, token authentication on). 3 logical CPUs:
     # the 1-actor and 2-actor evaluators live side by side (only one runs at a time).
@@ -273,7 +271,7 @@ def main() -> int:
         payload = measure_bytes(args.byte_generations)
         vector = measure_vector_bytes()
     finally:
-        ray.shutdown()
+        stop_local_runtime()
 
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

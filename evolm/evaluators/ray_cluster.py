@@ -94,6 +94,11 @@ def start_local_runtime(num_cpus: int) -> None:
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, **_COMMON)
 
 
+def stop_local_runtime() -> None:
+    """Stop the runtime :func:`start_local_runtime` started in this process (no-op when none runs)."""
+    ray.shutdown()
+
+
 def connect(settings, num_cpus: int) -> bool:
     """Share a runtime the process already holds, else start or join one; True when evolm made it."""
     if ray.is_initialized():  # a caller (a test, a notebook) already holds a runtime: share it
