@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from evolm.baselines import BaselineRun, check_positive
+from evolm.baselines.harness import BaselineRun, check_positive
 from evolm.seeding import derive_seed, scoped_torch_seed, torch_generator
 
 

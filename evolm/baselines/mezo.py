@@ -25,9 +25,9 @@ as in an ES run.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from evolm.baselines import BaselineRun, check_positive
+from evolm.baselines.harness import BaselineRun, check_positive
+from evolm.fitness import mean_log_likelihood
 from evolm.seeding import derive_seed, mix_seed, torch_generator
 
 
@@ -38,12 +38,6 @@ def perturb(parameters, noise_buffer: torch.Tensor, seed: int, scale: float) -> 
         noise = noise_buffer[: parameter.numel()].view(parameter.shape)
         torch.randn(parameter.shape, generator=generator, out=noise)
         parameter.data.add_(noise.to(parameter.device), alpha=scale)
-
-
-@torch.no_grad()
-def batch_loss(model, batch) -> float:
-    logits = model(batch.inputs)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.targets.reshape(-1)).item()
 
 
 def run_mezo(
@@ -83,9 +77,9 @@ def run_mezo(
                 batch = run.corpus.sample_batch(batch_size, batches).to(run.device)
                 seed = derive_seed(config.seed, "mezo", "perturbation", run.steps_done)
                 perturb(parameters, noise_buffer, seed, epsilon)
-                loss_plus = batch_loss(model, batch)
+                loss_plus = -mean_log_likelihood(model, batch)
                 perturb(parameters, noise_buffer, seed, -2.0 * epsilon)
-                loss_minus = batch_loss(model, batch)
+                loss_minus = -mean_log_likelihood(model, batch)
                 perturb(parameters, noise_buffer, seed, epsilon)
                 projected_gradient = (loss_plus - loss_minus) / (2.0 * epsilon)
                 perturb(parameters, noise_buffer, seed, -learning_rate * projected_gradient)

@@ -4,11 +4,11 @@ Williams 1992, "Simple statistical gradient-following algorithms for connectioni
 learning" (Machine Learning 8:229-256); the per-step baseline as in Sutton & Barto, "Reinforcement
 Learning: An Introduction" (2nd ed., 2018), section 13.4.
 
-The policy is the model being trained; the environment (:class:`evolm.baselines.TokenEnvironment`)
-rewards each chosen token with its log-probability under the reference, a frozen copy of the
-initial model. An episode's mean reward is the self-feedback fitness an evolution run with
-``fitness.scorer = "reference"`` maximises: the mean log-likelihood of the model's own generation
-under the scorer. One step:
+The policy is the model being trained; the environment
+(:class:`evolm.baselines.environment.TokenEnvironment`) rewards each chosen token with its
+log-probability under the reference, a frozen copy of the initial model. An episode's mean reward
+is the self-feedback fitness an evolution run with ``fitness.scorer = "reference"`` maximises: the
+mean log-likelihood of the model's own generation under the scorer. One step:
 
 1. reset: ``episodes`` prompts of ``prompt_tokens`` drawn from the training text (a derived generator);
 2. roll out ``generate_tokens`` actions per episode, sampled at ``fitness.temperature`` with the
@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from evolm.baselines import BaselineRun, TokenEnvironment, check_episode_fits, check_positive, sample_tokens
+from evolm.baselines.environment import TokenEnvironment, rollout
+from evolm.baselines.harness import BaselineRun, check_episode_fits, check_positive
 from evolm.errors import UsageError
 from evolm.seeding import torch_generator
 
@@ -97,17 +98,7 @@ def run_reinforce(
         )
         while run.can_step(step_tokens):
             # 1-2. Roll out a batch of episodes; the environment rewards every token.
-            observation, _ = environment.reset()
-            rewards, truncated = [], False
-            with torch.no_grad():
-                logits, state = policy.prefill(observation)
-                while not truncated:
-                    action = sample_tokens(logits, temperature, sampling)
-                    observation, reward, _, truncated, _ = environment.step(action)
-                    rewards.append(reward)
-                    if not truncated:
-                        logits, state = policy.step(action.unsqueeze(1), state)
-            rewards = torch.stack(rewards, dim=1)  # (episodes, generate_tokens)
+            observation, rewards = rollout(policy, environment, temperature, sampling)  # rewards: (episodes, steps)
             actions = observation[:, prompt_tokens:]
             # 3. log pi(a_t | s_t) of the same actions, with gradients, in one forward pass.
             logits = policy(observation[:, :-1])[:, prompt_tokens - 1 :]

@@ -1,0 +1,275 @@
+"""What every gradient baseline shares: options checks, budget, run folder, logging, validation and report.
+
+A baseline file (adam.py, reinforce.py, mezo.py) holds only its algorithm; it makes a
+:class:`BaselineRun`, asks :meth:`BaselineRun.can_step` before each step, hands each finished step to
+:meth:`BaselineRun.record` and :meth:`BaselineRun.maybe_log`, and ends with :meth:`BaselineRun.finish`.
+
+The run starts from the same initial weights as an evolution run (``build_model(config.model, config.seed)``),
+stops at whichever budget comes first (wall seconds, forward tokens or steps) and writes the files of an
+evolution run (``config.toml``, ``metrics.jsonl``, ``summary.json``, ``model.safetensors``) with the
+helpers of :mod:`evolm.rundir`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import tomli_w
+import torch
+
+from evolm.baselines.environment import TokenEnvironment, rollout
+from evolm.data import Corpus
+from evolm.errors import UsageError
+from evolm.fitness import mean_log_likelihood
+from evolm.models import build_model, count_parameters, resolve_device
+from evolm.rundir import json_number, prepare_run_dir, save_model_file, toml_ready, write_json
+from evolm.seeding import torch_generator
+from evolm.textstats import distinct_n
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, from the operating system."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
+
+
+def check_positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise UsageError(f"baseline option {name} must be a positive number, got {value!r}")
+
+
+def check_episode_fits(config, prompt_tokens: int, generate_tokens: int) -> None:
+    """A Transformer scores prompt + continuation in one forward pass: it must fit the learned positions."""
+    check_positive("prompt_tokens", prompt_tokens)
+    check_positive("generate_tokens", generate_tokens)
+    if config.model.name == "gpt" and prompt_tokens + generate_tokens - 1 > config.model.context:
+        raise UsageError(
+            f"baseline options prompt_tokens ({prompt_tokens}) + generate_tokens ({generate_tokens}) - 1 "
+            f"exceed model.context ({config.model.context}); shorten the prompts or the generations"
+        )
+
+
+class BaselineRun:
+    """What every baseline shares: budget, corpus, initial model, validation, logging, the run folder."""
+
+    def __init__(
+        self,
+        method: str,
+        config,
+        out_dir,
+        budget_seconds=None,
+        budget_tokens=None,
+        steps=None,
+        log_every: int = 10,
+        overwrite: bool = False,
+        log=print,
+    ):
+        self.started = time.perf_counter()
+        check_positive("budget_seconds", budget_seconds, allow_none=True)
+        check_positive("budget_tokens", budget_tokens, allow_none=True)
+        check_positive("steps", steps, allow_none=True)
+        check_positive("log_every", log_every)
+        self.method = method
+        self.config = config
+        self.budget_seconds = budget_seconds
+        self.budget_tokens = budget_tokens
+        # Without any budget, a baseline takes as many steps as the config has generations.
+        self.steps = steps if steps is not None or budget_seconds or budget_tokens else config.generations
+        self.log_every = int(log_every)
+        self.log = log
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        self.corpus = Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
+        self.model = build_model(config.model, config.seed).to(self.device)
+        self.val_batch = self.corpus.validation_batch(config.data.val_sequences).to(self.device)
+        self._reference = None
+        self.out_dir = prepare_run_dir(Path(out_dir), overwrite)
+        (self.out_dir / "config.toml").write_text(tomli_w.dumps(toml_ready(config.to_dict())))
+        self._metrics_file = (self.out_dir / "metrics.jsonl").open("w")
+        self.steps_done = 0
+        self.evaluations = 0
+        self.forward_tokens = 0
+        self.best_fitness = -math.inf
+        self.diverged = False
+        self._window: list[float] = []
+        self.last_metrics: dict = {}
+        self.val_loss_initial = self.validation_loss()
+        self.report_initial = self.report()
+
+    # -- the model and its scores ---------------------------------------------------------------
+    @property
+    def reference(self):
+        """A frozen copy of the initial model: the scorer of the self-feedback reward and report."""
+        if self._reference is None:
+            self._reference = build_model(self.config.model, self.config.seed).to(self.device).eval()
+            self._reference.requires_grad_(False)
+        return self._reference
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters whose names match ``genome.params`` (what an evolution run would evolve); the rest are frozen."""
+        pattern = re.compile(self.config.genome.params)
+        chosen = []
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(bool(pattern.search(name)))
+            if parameter.requires_grad:
+                chosen.append(parameter)
+        if not chosen:
+            raise UsageError(
+                f"config field genome.params: pattern {self.config.genome.params!r} matches no parameter of the model"
+            )
+        return chosen
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """The worker's validation loss: mean cross-entropy of the fixed validation windows."""
+        training = self.model.training
+        self.model.eval()
+        loss = -mean_log_likelihood(self.model, self.val_batch)
+        self.model.train(training)
+        return loss
+
+    @torch.no_grad()
+    def report(self) -> dict:
+        """Self-score (mean log-likelihood of the model's own continuations under the run's scorer) and
+        distinct-2 of those continuations, on fixed validation prompts with a fixed sampling seed.
+
+        The scorer follows ``fitness.scorer`` as in an evolution run's report: the model judges itself
+        (``self``, the default) or the frozen initial model judges (``reference``, and always for
+        reinforce, whose reward it is). Only then is the frozen copy built, so adam and mezo hold one model.
+        ``evolm compare`` judges every method's final weights itself with the frozen initial model."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            return {"self_score": math.nan, "distinct_2": math.nan}
+        fitness = self.config.fitness
+        prompts = self.val_batch.inputs[: fitness.prompts, : min(fitness.prompt_tokens, self.config.model.context)]
+        # reinforce's reward is the frozen model's score: its report says how well it optimised that.
+        judged_by_reference = fitness.scorer == "reference" or self.method == "reinforce"
+        scorer = self.reference if judged_by_reference else self.model
+        environment = TokenEnvironment(
+            scorer,
+            self.corpus,
+            len(prompts),
+            prompts.shape[1],
+            fitness.generate_tokens,
+            torch_generator(self.config.seed, "report"),
+            self.device,
+        )
+        generator = torch_generator(self.config.seed, "report-sampling")
+        training = self.model.training
+        self.model.eval()
+        text, rewards = rollout(self.model, environment, fitness.temperature, generator, prompts)
+        self.model.train(training)
+        return {
+            # Summed in step-major order (steps, episodes), the order the logged figures were measured in.
+            "self_score": rewards.t().contiguous().mean().item(),
+            "distinct_2": distinct_n(text[:, prompts.shape[1] :], 2),
+        }
+
+    # -- budget and bookkeeping ---------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def can_step(self, step_tokens: int) -> bool:
+        """Whether another step fits the budget: never past the token budget, at most one step past the time."""
+        if self.diverged or (self.steps is not None and self.steps_done >= self.steps):
+            return False
+        if self.budget_tokens is not None and self.forward_tokens + step_tokens > self.budget_tokens:
+            return False
+        return self.budget_seconds is None or self.elapsed() < self.budget_seconds
+
+    def record(self, fitnesses, forward_tokens: int) -> None:
+        """One finished step: its evaluations' fitnesses and the tokens its forward passes took."""
+        self._window.extend(float(f) for f in fitnesses)
+        self.evaluations += len(fitnesses)
+        self.forward_tokens += int(forward_tokens)
+        self.steps_done += 1
+        # A diverged model (a non-finite weight) ends the run with its scores logged, never a crash.
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self.diverged = True
+            self.log(f"evolm: {self.method} diverged at step {self.steps_done - 1} (non-finite weights); stopping")
+
+    def maybe_log(self, extra: dict | None = None, force: bool = False) -> None:
+        """Write a metrics line every ``log_every`` steps (and when ``force``, unless this step is logged)."""
+        if not self._window or (not force and self.steps_done % self.log_every):
+            return
+        values = torch.tensor([f if math.isfinite(f) else math.nan for f in self._window], dtype=torch.float64)
+        finite = values[~values.isnan()]
+        best = finite.max().item() if finite.numel() else -math.inf
+        self.best_fitness = max(self.best_fitness, best)
+        metrics = {
+            "generation": self.steps_done - 1,
+            "wall_seconds": round(self.elapsed(), 3),
+            "evaluations": self.evaluations,
+            "forward_tokens": self.forward_tokens,
+            "best_fitness": best,
+            "mean_fitness": finite.mean().item() if finite.numel() else -math.inf,
+            "std_fitness": finite.std(unbiased=False).item() if finite.numel() else 0.0,
+            "val_loss": self.validation_loss(),
+            **self.report(),
+            **(extra or {}),
+        }
+        self._window = []
+        self.last_metrics = metrics
+        self._metrics_file.write(json.dumps({k: json_number(v) for k, v in metrics.items()}) + "\n")
+        self._metrics_file.flush()
+
+    def finish(self, options: dict, extra: dict | None = None) -> dict:
+        """Log the last step if needed, save the weights, write ``summary.json`` and return it."""
+        self.maybe_log(extra, force=True)
+        self._metrics_file.close()
+        save_model_file(self.model, self.out_dir / "model.safetensors")  # streamed: no second copy of the weights
+        last = self.last_metrics
+        summary = {
+            "method": self.method,
+            "model": self.config.model.name,
+            "parameters": count_parameters(self.model),
+            "generations": self.steps_done,
+            "evaluations": self.evaluations,
+            "forward_tokens": self.forward_tokens,
+            "wall_seconds": round(self.elapsed(), 3),
+            "budget_seconds": self.budget_seconds,
+            "budget_tokens": self.budget_tokens,
+            "val_loss_initial": self.val_loss_initial,
+            "val_loss_final": last.get("val_loss", self.val_loss_initial),
+            "best_fitness": self.best_fitness,
+            "diverged": self.diverged,
+            **{f"{k}_initial": v for k, v in self.report_initial.items()},
+            **{f"{k}_final": last.get(k, v) for k, v in self.report_initial.items()},
+            "peak_rss_mb": peak_rss_mb(),
+            "options": options,
+            "run_dir": str(self.out_dir),
+        }
+        write_json(self.out_dir / "summary.json", summary)
+        self.log(
+            f"evolm: {self.method} done in {summary['wall_seconds']:.1f} s, {self.steps_done} steps, "
+            f"{self.forward_tokens:,} forward tokens; validation loss {self.val_loss_initial:.3f} -> "
+            f"{summary['val_loss_final']:.3f} nats; results in {self.out_dir}"
+        )
+        return summary
+
+    def announce(self, details: str) -> None:
+        budget = ", ".join(
+            text
+            for text in (
+                f"{self.budget_seconds:g} s" if self.budget_seconds else "",
+                f"{self.budget_tokens:,} forward tokens" if self.budget_tokens else "",
+                f"{self.steps} steps" if self.steps else "",
+            )
+            if text
+        )
+        self.log(
+            f"evolm: baseline {self.method} on {self.config.model.name} with {count_parameters(self.model):,} parameters, "
+            f"corpus {self.corpus.source}, budget {budget} (whichever comes first), {details}, output {self.out_dir}"
+        )
+
+    def close(self) -> None:
+        if not self._metrics_file.closed:
+            self._metrics_file.close()
