@@ -1,11 +1,11 @@
 """Language models evolm evolves: a small causal Transformer (``gpt``) and the seed document's LSTM (``lstm``)."""
 
 from evolm.models.base import LanguageModel, count_parameters
-from evolm.models.build import build_model, resolve_device
+from evolm.models.build import BUILT_IN, build_model, resolve_device
 from evolm.models.gpt import GPT, GPTConfig
 from evolm.models.lstm import LSTMConfig, LSTMLanguageModel
 
-MODEL_NAMES = ("gpt", "lstm")
+MODEL_NAMES = tuple(BUILT_IN)
 
 __all__ = [
     "GPT",
