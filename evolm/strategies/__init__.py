@@ -1,10 +1,19 @@
-"""Strategies behind one ask/tell interface, found by name."""
+"""Strategies behind one ask/tell interface (evolm.strategies.base), found by name.
 
-from evolm.strategies.base import Strategy, centered_ranks
+Each algorithm lives in its own module and cites its paper: es.py (OpenAI-ES), ga.py (genetic
+algorithm), nsga2.py (NSGA-II), cmaes.py (CMA-ES), pbt.py (population-based training). Shared
+pieces: shaping.py (fitness shaping and ranking), generational.py (a population kept across
+generations), variation.py (a GA individual's encoding), optimizers.py (the ES center's optimiser).
+A new strategy is one module plus one line in ``STRATEGIES``.
+"""
+
+from evolm.strategies.base import Strategy
 from evolm.strategies.cmaes import CMAES
 from evolm.strategies.es import OpenAIES
-from evolm.strategies.ga import NSGA2, GeneticAlgorithm
+from evolm.strategies.ga import GeneticAlgorithm
+from evolm.strategies.nsga2 import NSGA2
 from evolm.strategies.pbt import PopulationBasedTraining
+from evolm.strategies.shaping import centered_ranks
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "es": OpenAIES,

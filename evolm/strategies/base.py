@@ -1,17 +1,23 @@
-"""The ask/tell interface every evolm strategy implements, and the fitness shaping they share.
+"""The ask/tell template every evolm strategy implements, and the bookkeeping they share.
 
-After ``tell`` a strategy may return an *update*: a small, picklable message (seeds and
-coefficients, never weights) that every worker applies identically to its own copy of the model.
+One generation: ``ask`` gives the population (DEAP individuals whose genes are compact: seeds,
+factors, floats), the evaluator sets their fitness, ``tell`` turns the fitness into metrics and the
+next search state. After ``tell`` a strategy may return an *update*: a small, picklable message
+(seeds and coefficients, never weights) that every worker applies identically to its own copy of the
+model. Fitness shaping lives in :mod:`evolm.strategies.shaping`; each algorithm in its own module.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 from deap import tools
+
+from evolm.errors import UsageError
+
+SEED_RANGE = 2**31 - 1  # noise seeds are drawn from [0, SEED_RANGE)
 
 
 class Update(Protocol):
@@ -21,12 +27,13 @@ class Update(Protocol):
 
 
 class Strategy:
-    """Template: subclasses implement ``ask``, ``_tell`` and their state; shared bookkeeping lives here."""
+    """Template: a subclass implements ``ask``, ``_tell`` and its state; the shared bookkeeping lives here."""
 
     name = "base"
 
     def __init__(self, config):
         self.config = config
+        self.run_seed = config.seed  # every draw comes from a generator derived from it (evolm.seeding)
         self.best_fitness = -math.inf
 
     @staticmethod
@@ -35,6 +42,33 @@ class Strategy:
 
     def bind(self, worker) -> None:
         """Learn what the strategy needs of the genome (sizes) from the driver's worker."""
+
+    def ask(self, generation: int) -> list:
+        """The individuals of ``generation``; those whose fitness is invalid get evaluated (DEAP's rule)."""
+        raise NotImplementedError
+
+    def tell(self, population: list, generation: int) -> tuple[dict[str, Any], Update | None]:
+        """Population fitnesses are already set; returns (metrics, update for the workers or None).
+
+        ``best/mean/std_fitness`` describe the first objective; ``fitness_min/mean/max/std`` are DEAP
+        statistics of every objective (a number for one objective, a list for several).
+        """
+        values = np.array([ind.fitness.values[0] for ind in population], dtype=np.float64)
+        metrics: dict[str, Any] = {**fitness_summary(values), **population_statistics(population)}
+        self.best_fitness = max(self.best_fitness, metrics["best_fitness"])
+        strategy_metrics, update = self._tell(population, values, generation)
+        metrics.update(strategy_metrics)
+        return metrics, update
+
+    def _tell(self, population, values: np.ndarray, generation: int) -> tuple[dict[str, Any], Update | None]:
+        """The algorithm's step; ``values`` are the first objective's, in population order."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"best_fitness": self.best_fitness}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_fitness = state["best_fitness"]
 
     def context_generation(self, generation: int) -> int:
         """Which generation's shared fitness context (text batch, prompts) this generation is scored on."""
@@ -55,43 +89,15 @@ class Strategy:
     def assign_refined_fitness(self, fitness: tuple) -> None:
         """Baldwinian refinement: the reported individual keeps the fitness it reached after refinement."""
 
-    def ask(self, generation: int) -> list:
-        raise NotImplementedError
 
-    def tell(self, population: list, generation: int) -> tuple[dict[str, Any], Update | None]:
-        """Population fitnesses are already set; returns (metrics, update for the workers or None).
-
-        ``best/mean/std_fitness`` describe the first objective; ``fitness_min/mean/max/std`` are DEAP
-        statistics of every objective (a number for one objective, a list for several).
-        """
-        values = np.array([ind.fitness.values[0] for ind in population], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        metrics: dict[str, Any] = {
-            "best_fitness": float(finite.max()) if finite.size else -math.inf,
-            "mean_fitness": float(finite.mean()) if finite.size else -math.inf,
-            "std_fitness": float(finite.std()) if finite.size else 0.0,
-        }
-        metrics.update(population_statistics(population))
-        self.best_fitness = max(self.best_fitness, metrics["best_fitness"])
-        strategy_metrics, update = self._tell(population, values, generation)
-        metrics.update(strategy_metrics)
-        return metrics, update
-
-    def _tell(self, population, values: np.ndarray, generation: int):
-        raise NotImplementedError
-
-    def state_dict(self) -> dict:
-        return {"best_fitness": self.best_fitness}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_fitness = state["best_fitness"]
-
-
-def objective_count(config) -> int:
-    """nsga2 keeps each fitness term as its own objective; every other strategy sums them into one."""
-    from evolm.fitness import objective_count as fitness_objective_count
-
-    return fitness_objective_count(config)  # zero-weight terms are off, as in the weighted sum
+def fitness_summary(values: np.ndarray) -> dict[str, float]:
+    """Best, mean and spread of the finite first-objective values (a diverged individual does not count)."""
+    finite = values[np.isfinite(values)]
+    return {
+        "best_fitness": float(finite.max()) if finite.size else -math.inf,
+        "mean_fitness": float(finite.mean()) if finite.size else -math.inf,
+        "std_fitness": float(finite.std()) if finite.size else 0.0,
+    }
 
 
 def population_statistics(population) -> dict:
@@ -106,22 +112,27 @@ def population_statistics(population) -> dict:
     return {f"fitness_{k}": (float(v[0]) if len(v) == 1 else [float(x) for x in v]) for k, v in record.items()}
 
 
-def centered_ranks(values: Sequence[float]) -> np.ndarray:
-    """Ranks mapped to [-0.5, 0.5] (Salimans et al. 2017): invariant to any monotone change of fitness.
+# Checks the strategies' ``validate`` share; the messages name the config field, as evolm.config's do.
 
-    -inf (a diverged individual) simply ranks last; ties get the mean of their ranks.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    if n < 2:
-        return np.zeros(n)
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.arange(n, dtype=np.float64)
-    # Average the ranks of tied values so identical fitness gets identical weight.
-    unique, inverse = np.unique(values, return_inverse=True)
-    if len(unique) < n:
-        sums = np.bincount(inverse, weights=ranks)
-        counts = np.bincount(inverse)
-        ranks = (sums / counts)[inverse]
-    return ranks / (n - 1) - 0.5
+
+def check_population_at_least(config, minimum: int, strategy: str, reason: str = "") -> None:
+    size = config.strategy.population_size
+    if size < minimum:
+        why = f" ({reason})" if reason else ""
+        raise UsageError(
+            f"config field strategy.population_size must be at least {minimum} for {strategy}{why}, got {size}"
+        )
+
+
+def check_positive(config, *keys: str) -> None:
+    for key in keys:
+        value = getattr(config.strategy, key)
+        if value <= 0:
+            raise UsageError(f"config field strategy.{key} must be positive, got {value}")
+
+
+def check_probability(config, *keys: str) -> None:
+    for key in keys:
+        value = getattr(config.strategy, key)
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"config field strategy.{key} must be between 0 and 1, got {value}")

@@ -1,4 +1,9 @@
-"""CMA-ES (Hansen & Ostermeier 2001) through DEAP's ``cma.Strategy``, for small explicit genomes.
+"""CMA-ES (Hansen & Ostermeier 2001, "Completely Derandomized Self-Adaptation in Evolution Strategies",
+Evolutionary Computation 9(2)) through DEAP's ``cma.Strategy``, for small explicit genomes.
+
+Each generation samples λ points ``m + sigma * N(0, C)``; the update moves the mean ``m`` to the
+weighted recombination of the μ best, and adapts ``C`` (rank-one and rank-μ updates along evolution
+paths) and ``sigma`` (cumulative step-size adaptation).
 
 The covariance matrix is size² floats and is eigendecomposed every generation, so this strategy is
 for the ``vector`` encoding over at most a few thousand genes; choosing it chooses, unless set, the
@@ -19,7 +24,8 @@ from deap import cma
 from evolm.errors import UsageError
 from evolm.individuals import make_vector_individual
 from evolm.seeding import scoped_numpy_random
-from evolm.strategies.base import Strategy
+from evolm.strategies.base import Strategy, check_population_at_least
+from evolm.strategies.shaping import best_first
 
 MAX_GENES = 5000
 ALL_DIVERGED_SIGMA_FACTOR = 0.5  # smaller steps when a whole generation diverged
@@ -31,7 +37,6 @@ class CMAES(Strategy):
     def __init__(self, config):
         super().__init__(config)
         self.cma = None
-        self.run_seed = config.seed
 
     @staticmethod
     def validate(config) -> None:
@@ -40,11 +45,7 @@ class CMAES(Strategy):
                 f"config field genome.name: cmaes works with the vector genome, got {config.genome.name!r} "
                 f"(leave genome.name unset and cmaes chooses it)"
             )
-        if config.strategy.population_size < 2:
-            raise UsageError(
-                f"config field strategy.population_size must be at least 2 for cmaes, "
-                f"got {config.strategy.population_size}"
-            )
+        check_population_at_least(config, 2, "cmaes")
 
     def bind(self, worker) -> None:
         size = worker.genome.size
@@ -58,6 +59,7 @@ class CMAES(Strategy):
         )
 
     def ask(self, generation: int) -> list:
+        # DEAP draws the λ samples from the global numpy.random: scoped and seeded per generation.
         with scoped_numpy_random(self.run_seed, "cmaes", generation):
             return self.cma.generate(make_vector_individual)
 
@@ -88,10 +90,8 @@ def ranked_for_update(population, values) -> list:
     CMA only reads ranks, so the update is the one the finite individuals' order gives, with the
     diverged ones as the worst; ties (diverged ones among themselves) keep population order.
     """
-    key = np.where(np.isfinite(values), values, -np.inf)
-    order = np.argsort(-key, kind="stable")
     ranked = []
-    for rank, index in enumerate(order):
+    for rank, index in enumerate(best_first(values)):
         individual = make_vector_individual(population[int(index)])
         individual.fitness.values = (-float(rank),)
         ranked.append(individual)

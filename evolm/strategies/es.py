@@ -22,9 +22,8 @@ import numpy as np
 from evolm.errors import UsageError
 from evolm.individuals import make_individual
 from evolm.seeding import numpy_generator
-from evolm.strategies.base import Strategy, centered_ranks
-
-SEED_RANGE = 2**31 - 1
+from evolm.strategies.base import SEED_RANGE, Strategy
+from evolm.strategies.shaping import centered_ranks
 
 
 @dataclass
@@ -49,7 +48,6 @@ class OpenAIES(Strategy):
         super().__init__(config)
         self.sigma = config.strategy.sigma
         self.population_size = config.strategy.population_size
-        self.run_seed = config.seed
         self._seeds: list[int] = []
 
     @staticmethod
@@ -65,6 +63,7 @@ class OpenAIES(Strategy):
             )
 
     def ask(self, generation: int) -> list:
+        # Antithetic sampling: each seed's noise is tried with both signs, which lowers the estimate's variance.
         rng = numpy_generator(self.run_seed, "es-noise", generation)
         self._seeds = [int(s) for s in rng.integers(0, SEED_RANGE, self.population_size // 2)]
         population = []
@@ -76,6 +75,7 @@ class OpenAIES(Strategy):
     def _tell(self, population, values: np.ndarray, generation: int):
         shaped = centered_ranks(values)
         plus, minus = shaped[0::2], shaped[1::2]
+        # g = 1/(N sigma) sum_i rank_i eps_i; the pair (+eps, -eps) contributes (rank+ - rank-) eps.
         scale = 1.0 / (len(values) * self.sigma)
         coefficients = [float(c) for c in (plus - minus) * scale]
         return {"sigma": self.sigma}, EsUpdate(list(self._seeds), coefficients)

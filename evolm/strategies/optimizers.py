@@ -8,6 +8,8 @@ dicts keep torch.optim's layout (``state``/``param_groups``), so a checkpoint re
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from evolm.genome import flat_view
@@ -62,7 +64,7 @@ class ChunkedAdam:
 
     def __init__(self, parameters, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
         self.parameters = list(parameters)
-        self.group = {
+        self.group: dict[str, Any] = {
             "lr": lr,
             "betas": tuple(betas),
             "eps": eps,

@@ -32,7 +32,8 @@ from evolm.errors import UsageError
 from evolm.genome import HyperGenome
 from evolm.individuals import make_individual
 from evolm.seeding import derive_seed, numpy_generator, scoped_python_random, scoped_torch_seed, torch_generator
-from evolm.strategies.base import Strategy
+from evolm.strategies.base import Strategy, check_population_at_least, check_positive, check_probability
+from evolm.strategies.shaping import best_first
 
 
 class PopulationBasedTraining(Strategy):
@@ -50,37 +51,31 @@ class PopulationBasedTraining(Strategy):
             raise UsageError(
                 "config field strategy.name: pbt trains its members in-process; drop --workers/--ray-address"
             )
-        if settings.population_size < 2:
-            raise UsageError(
-                f"config field strategy.population_size must be at least 2 for pbt, got {settings.population_size}"
-            )
-        if settings.pbt_steps <= 0:
-            raise UsageError(f"config field strategy.pbt_steps must be positive, got {settings.pbt_steps}")
+        check_population_at_least(config, 2, "pbt")
+        check_positive(config, "pbt_steps")
         if not 0.0 < settings.pbt_quantile <= 0.5:
             raise UsageError(f"config field strategy.pbt_quantile must be in (0, 0.5], got {settings.pbt_quantile}")
-        if not 0.0 <= settings.pbt_resample <= 1.0:
-            raise UsageError(f"config field strategy.pbt_resample must be between 0 and 1, got {settings.pbt_resample}")
+        check_probability(config, "pbt_resample")
 
     def bind(self, worker) -> None:
         self.worker = worker
         if self.members:
             return
-        rng = numpy_generator(self.config.seed, "pbt", "init")
+        rng = numpy_generator(self.run_seed, "pbt", "init")
         for _ in range(self.config.strategy.population_size):
             self.members.append(
-                {
-                    "genes": [float(g) for g in rng.random(self.genome.size)],
-                    "tensors": [t.detach().clone() for t in worker.space.tensors],
-                    "optimizer": None,
-                }
+                {"genes": self._random_genes(rng), "tensors": _copy_weights(worker.space), "optimizer": None}
             )
+
+    def _random_genes(self, rng: np.random.Generator) -> list[float]:
+        """Hyperparameters drawn uniformly on the genome's [0, 1] encoding (log scale for the learning rate)."""
+        return [float(g) for g in rng.random(self.genome.size)]
 
     def _train(self, member: dict, index: int, generation: int) -> int:
         """One ready interval of Adam steps on ``member``; returns the forward tokens it used."""
         worker, config = self.worker, self.config
         values = self.genome.decode(member["genes"])
-        for tensor, value in zip(worker.space.tensors, member["tensors"]):
-            tensor.copy_(value)
+        _load_weights(worker.space, member["tensors"])
         parameters = worker.space.parameters
         optimizer = torch.optim.Adam(parameters, lr=values["learning_rate"], weight_decay=values["weight_decay"])
         if member["optimizer"] is not None:
@@ -88,11 +83,11 @@ class PopulationBasedTraining(Strategy):
             optimizer.load_state_dict(copy.deepcopy(member["optimizer"]))
             for group in optimizer.param_groups:  # the member's (possibly explored) hyperparameters win
                 group["lr"], group["weight_decay"] = values["learning_rate"], values["weight_decay"]
-        generator = torch_generator(config.seed, "pbt-batches", index, generation)
+        generator = torch_generator(self.run_seed, "pbt-batches", index, generation)
         batch_size = values["batch_size"]
         self.genome.apply(worker.model, member["genes"])  # dropout
         worker.model.train()
-        with torch.enable_grad(), scoped_torch_seed(derive_seed(config.seed, "pbt-dropout", index, generation)):
+        with torch.enable_grad(), scoped_torch_seed(derive_seed(self.run_seed, "pbt-dropout", index, generation)):
             for p in parameters:
                 p.requires_grad_(True)
             for _ in range(config.strategy.pbt_steps):
@@ -106,7 +101,7 @@ class PopulationBasedTraining(Strategy):
         self.genome.undo(worker.model, member["genes"])
         for p in parameters:
             p.grad = None
-        member["tensors"] = [t.detach().clone() for t in worker.space.tensors]
+        member["tensors"] = _copy_weights(worker.space)
         member["optimizer"] = copy.deepcopy(optimizer.state_dict())
         return config.strategy.pbt_steps * batch_size * config.model.context
 
@@ -126,28 +121,30 @@ class PopulationBasedTraining(Strategy):
 
     def _tell(self, population, values: np.ndarray, generation: int):
         settings = self.config.strategy
-        order = np.argsort(-values, kind="stable")
+        # Truncation selection: the bottom quantile exploits the top quantile.
+        order = best_first(values)
         count = max(1, int(round(len(order) * settings.pbt_quantile)))
         top, bottom = order[:count], order[-count:]
-        rng = numpy_generator(self.config.seed, "pbt", "exploit", generation)
+        rng = numpy_generator(self.run_seed, "pbt", "exploit", generation)
         exploited = []
-        with scoped_python_random(self.config.seed, "pbt", "explore", generation):
+        # DEAP's mutation draws from ``random``: scoped and seeded per generation.
+        with scoped_python_random(self.run_seed, "pbt", "explore", generation):
             for loser in bottom:
                 winner = int(top[rng.integers(len(top))])
                 source, target = self.members[winner], self.members[int(loser)]
                 target["tensors"] = [t.clone() for t in source["tensors"]]
                 target["optimizer"] = copy.deepcopy(source["optimizer"])
+                # Explore: a fresh draw, or a bounded perturbation of the winner's hyperparameters.
                 genes = list(source["genes"])
                 if rng.random() < settings.pbt_resample:
-                    genes = [float(g) for g in rng.random(self.genome.size)]
+                    genes = self._random_genes(rng)
                 else:
                     tools.mutPolynomialBounded(genes, eta=20.0, low=0.0, up=1.0, indpb=1.0)
                 target["genes"] = [float(g) for g in genes]
                 exploited.append((int(loser), winner))
         best = self.members[int(order[0])]
         # The best member becomes the worker's base: validation, reports and the saved model follow it.
-        for tensor, value in zip(self.worker.space.tensors, best["tensors"]):
-            tensor.copy_(value)
+        _load_weights(self.worker.space, best["tensors"])
         self.worker.space.commit()
         metrics = {f"best_{k}": v for k, v in self.genome.decode(best["genes"]).items()}
         metrics["exploited"] = exploited
@@ -161,3 +158,14 @@ class PopulationBasedTraining(Strategy):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.members = state["members"]
+
+
+def _copy_weights(space) -> list[torch.Tensor]:
+    """A member's own copy of the evolving tensors."""
+    return [t.detach().clone() for t in space.tensors]
+
+
+def _load_weights(space, tensors) -> None:
+    """Write a member's tensors into the worker's evolving tensors, in place."""
+    for tensor, value in zip(space.tensors, tensors):
+        tensor.copy_(value)
