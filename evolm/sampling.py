@@ -20,7 +20,7 @@ from evolm.adapters import AdaptedModel
 from evolm.config import config_from_dict
 from evolm.data import ByteTokenizer
 from evolm.errors import UsageError
-from evolm.models import build_model
+from evolm.models import LanguageModel, build_model
 from evolm.models.hf import build_hf, hf_path, load_hf_tokenizer
 
 CONFIG_FILE = "config.toml"
@@ -73,6 +73,7 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         message = (str(error).splitlines() or [type(error).__name__])[0][:160]
         raise UsageError(f"weights file {path} is not a valid safetensors file: {message}") from None
+    model: LanguageModel
     if config.model.name.startswith("hf:"):  # the checkpoint folder the run started from, then the evolved weights
         model, _ = build_hf(config, device="cpu")
     else:

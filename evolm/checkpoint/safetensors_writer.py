@@ -80,7 +80,7 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     tensor = tensor.contiguous().reshape(-1)
     if tensor.numel() == 0:
         return memoryview(b"")
-    return memoryview(tensor.view(torch.uint8).numpy())
+    return tensor.view(torch.uint8).numpy().data  # the array's own buffer: no copy
 
 
 def write_safetensors(
