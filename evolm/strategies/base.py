@@ -34,6 +34,7 @@ class Strategy:
     def __init__(self, config):
         self.config = config
         self.run_seed = config.seed  # every draw comes from a generator derived from it (evolm.seeding)
+        self.population_size = config.strategy.population_size
         self.best_fitness = -math.inf
 
     @staticmethod

@@ -54,9 +54,7 @@ class CMAES(Strategy):
                 f"config field genome.params selects {size:,} parameters; cmaes handles at most {MAX_GENES:,} "
                 f"(its covariance is size²): narrow it, e.g. --params 'norm|head.bias'"
             )
-        self.cma = cma.Strategy(
-            centroid=np.zeros(size), sigma=self.config.strategy.sigma, lambda_=self.config.strategy.population_size
-        )
+        self.cma = cma.Strategy(centroid=np.zeros(size), sigma=self.config.strategy.sigma, lambda_=self.population_size)
 
     def ask(self, generation: int) -> list:
         # DEAP draws the λ samples from the global numpy.random: scoped and seeded per generation.

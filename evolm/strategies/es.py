@@ -47,7 +47,6 @@ class OpenAIES(Strategy):
     def __init__(self, config):
         super().__init__(config)
         self.sigma = config.strategy.sigma
-        self.population_size = config.strategy.population_size
         self._seeds: list[int] = []
 
     @staticmethod

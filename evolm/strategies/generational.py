@@ -50,7 +50,6 @@ class GenerationalStrategy(Strategy):
     def __init__(self, config):
         super().__init__(config)
         settings = config.strategy
-        self.population_size = settings.population_size
         self.sigma = settings.sigma  # the mutation scale
         self.objectives = objective_count(config)  # nsga2 keeps each fitness term as its own objective
         self.variation = make_variation(config)

@@ -62,7 +62,7 @@ class PopulationBasedTraining(Strategy):
         if self.members:
             return
         rng = numpy_generator(self.run_seed, "pbt", "init")
-        for _ in range(self.config.strategy.population_size):
+        for _ in range(self.population_size):
             self.members.append(
                 {"genes": self._random_genes(rng), "tensors": _copy_weights(worker.space), "optimizer": None}
             )
@@ -106,6 +106,7 @@ class PopulationBasedTraining(Strategy):
         return config.strategy.pbt_steps * batch_size * config.model.context
 
     def ask(self, generation: int) -> list:
+        """Train every member for one ready interval, then score it on the generation's shared fitness batch."""
         worker = self.worker
         context = worker.fitness_context(generation)
         population, self.train_tokens = [], 0
