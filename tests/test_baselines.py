@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from evolm.baselines import BASELINES, TokenEnvironment
-from evolm.baselines.mezo import perturb
+from evolm.baselines.mezo import perturb, perturbation_genome
 from evolm.baselines.reinforce import rewards_to_go
 from evolm.config import build_config, config_from_dict, load_toml
 from evolm.data import Corpus
 from evolm.errors import UsageError
 from evolm.models import build_model
-from evolm.seeding import torch_generator
+from evolm.seeding import mix_seed, torch_generator
 
 # The TINY sizes of tests/conftest.py, as config overrides.
 TINY = [
@@ -209,16 +209,29 @@ def test_mezo_perturbation_is_seeded_per_tensor_and_undone(tiny_config):
     model = build_model(tiny_config.model, tiny_config.seed)
     parameters = list(model.parameters())
     before = [p.detach().clone() for p in parameters]
-    buffer = torch.empty(max(p.numel() for p in parameters))
-    perturb(parameters, buffer, seed=11, scale=1e-3)
+    genome = perturbation_genome(model, ".*")
+    perturb(genome, seed=11, scale=1e-3)
     first = [p.detach() - b for p, b in zip(parameters, before)]
-    perturb(parameters, buffer, seed=11, scale=-2e-3)
-    perturb(parameters, buffer, seed=11, scale=1e-3)
+    perturb(genome, seed=11, scale=-2e-3)
+    perturb(genome, seed=11, scale=1e-3)
     assert all(torch.allclose(p, b, atol=1e-6) for p, b in zip(parameters, before))
     # Same-shaped tensors (the block's two layer-norm weights) get different noise.
     shapes = [p.shape for p in parameters]
     twins = [i for i, s in enumerate(shapes) if shapes.count(s) > 1 and len(s) == 1][:2]
     assert not torch.allclose(first[twins[0]], first[twins[1]])
+
+
+def test_mezo_noise_is_the_seed_genomes_without_a_cache(tiny_config):
+    """z(s) of tensor i is drawn from mix_seed(s, i), as MeZO drew it before it used the seed genome
+    (tensors under one chunk), so earlier MeZO figures stay valid; no whole-model noise is cached."""
+    model = build_model(tiny_config.model, tiny_config.seed)
+    genome = perturbation_genome(model, ".*")
+    before = [p.detach().clone() for p in model.parameters()]
+    perturb(genome, seed=11, scale=0.5)
+    for index, (parameter, base) in enumerate(zip(model.parameters(), before)):
+        noise = torch.randn(parameter.shape, generator=torch.Generator().manual_seed(mix_seed(11, index)))
+        assert torch.equal(parameter.detach(), base.add(noise, alpha=0.5))
+    assert not genome.cached and genome.buffer_bytes() == 0
 
 
 def test_bad_options_are_usage_errors(tiny_config, tmp_path):

@@ -9,10 +9,11 @@ Malladi et al. 2023, "Fine-Tuning Language Models with Just Forward Passes", arX
     g = (loss_plus - loss_minus) / (2 eps)              # projected gradient: an estimate of z . grad L
     theta -= lr * g * z(s)                              # SGD along z, regenerated once more from s
 
-Memory is the model's plus one noise buffer the size of its largest tensor: no gradients, no
-optimiser state. The
-noise of tensor ``i`` comes from a generator seeded with ``mix_seed(s, i)`` (as the seed genome
-does), so same-shaped tensors never share noise. A step costs two forward passes of the batch.
+``z(s)`` is the seed genome's noise (:class:`evolm.genome.SeedGenome`, the noise of every ES run):
+tensor ``i``'s values come from a generator seeded with ``mix_seed(s, i)``, so same-shaped tensors
+never share noise (a tensor of 2**18 values or more continues in chunks from further derived seeds),
+drawn on the tensor's device. Memory is the model's plus the noise of one tensor at a time: no
+gradients, no optimiser state, no noise cache. A step costs two forward passes of the batch.
 
 Defaults for the ~137k-parameter reference model: eps 1e-3 (the paper's) and lr 3e-3. The paper's
 lr 1e-7 suits fine-tuning billion-parameter pretrained LMs; training this small model from its
@@ -28,16 +29,20 @@ import torch
 
 from evolm.baselines.harness import BaselineRun, check_positive
 from evolm.fitness import mean_log_likelihood
-from evolm.seeding import derive_seed, mix_seed, torch_generator
+from evolm.genome import ParamSpace, SeedGenome
+from evolm.seeding import derive_seed, torch_generator
 
 
-def perturb(parameters, noise_buffer: torch.Tensor, seed: int, scale: float) -> None:
-    """theta_i += scale * z_i(seed) for every tensor, regenerating z_i on the CPU generator into one buffer."""
-    for index, parameter in enumerate(parameters):
-        generator = torch.Generator().manual_seed(mix_seed(seed, index))
-        noise = noise_buffer[: parameter.numel()].view(parameter.shape)
-        torch.randn(parameter.shape, generator=generator, out=noise)
-        parameter.data.add_(noise.to(parameter.device), alpha=scale)
+def perturbation_genome(model, pattern: str) -> SeedGenome:
+    """The seed genome over the tensors matching ``pattern``, without a noise cache: MeZO never holds
+    the whole model's noise, it regenerates each tensor's ``z`` from the step's seed when it needs it."""
+    return SeedGenome(ParamSpace(model, pattern), cache_bytes=0)
+
+
+def perturb(genome: SeedGenome, seed: int, scale: float) -> None:
+    """theta_i += scale * z_i(seed) for every evolving tensor, in place (no snapshot: MeZO undoes by adding back)."""
+    for index, tensor in enumerate(genome.space.tensors):
+        tensor.add_(genome.noise(seed, index), alpha=scale)
 
 
 def run_mezo(
@@ -67,8 +72,7 @@ def run_mezo(
     run = BaselineRun("mezo", config, out_dir, budget_seconds, budget_tokens, steps, log_every, overwrite, log)
     try:
         model = run.model.eval()  # deterministic forwards: dropout would break the finite difference
-        parameters = run.trainable_parameters()
-        noise_buffer = torch.empty(max(p.numel() for p in parameters), dtype=torch.float32)
+        genome = perturbation_genome(model, config.genome.params)  # what an ES run would evolve
         batches = torch_generator(config.seed, "mezo", "batches")
         step_tokens = 2 * batch_size * config.model.context
         run.announce(f"MeZO lr {learning_rate:g}, eps {epsilon:g}, batch {batch_size}x{config.model.context}")
@@ -76,13 +80,13 @@ def run_mezo(
             while run.can_step(step_tokens):
                 batch = run.corpus.sample_batch(batch_size, batches).to(run.device)
                 seed = derive_seed(config.seed, "mezo", "perturbation", run.steps_done)
-                perturb(parameters, noise_buffer, seed, epsilon)
+                perturb(genome, seed, epsilon)
                 loss_plus = -mean_log_likelihood(model, batch)
-                perturb(parameters, noise_buffer, seed, -2.0 * epsilon)
+                perturb(genome, seed, -2.0 * epsilon)
                 loss_minus = -mean_log_likelihood(model, batch)
-                perturb(parameters, noise_buffer, seed, epsilon)
+                perturb(genome, seed, epsilon)
                 projected_gradient = (loss_plus - loss_minus) / (2.0 * epsilon)
-                perturb(parameters, noise_buffer, seed, -learning_rate * projected_gradient)
+                perturb(genome, seed, -learning_rate * projected_gradient)
                 run.record([-loss_plus, -loss_minus], step_tokens)
                 run.maybe_log()
         return run.finish(options)
