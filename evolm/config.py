@@ -130,23 +130,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "genome.name": "seed",
     "genome.params": ".*",
 }
-STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "es": {},
-    "ga": {},
-    "nsga2": {},
-    # CMA-ES keeps a size x size covariance and decomposes it every generation, so it searches an explicit
-    # vector over a small subset: the LayerNorm gains and biases and the output bias (896 genes on the default
-    # model, 256 on the LSTM). 24 is Hansen's lambda = 4 + 3 ln(896); sigma 0.3 measured best of 0.02 / 0.1 / 0.3.
-    "cmaes": {
-        "genome.name": "vector",
-        "genome.params": "norm|head.bias",
-        "strategy.population_size": 24,
-        "strategy.sigma": 0.3,
-    },
-    # Each PBT member holds its own copy of the evolving weights and Adam's two moments: members x 3 x the
-    # weight bytes. Jaderberg et al. 2017 and Ray Tune's examples use 4-20 members.
-    "pbt": {"strategy.population_size": 8},
-}
+# Each strategy's own working defaults live beside its algorithm (``Strategy.defaults``).
+STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {name: dict(cls.defaults) for name, cls in STRATEGIES.items()}
 
 
 def strategy_defaults(name: str) -> dict[str, Any]:

@@ -30,6 +30,9 @@ class Strategy:
     """Template: a subclass implements ``ask``, ``_tell`` and its state; the shared bookkeeping lives here."""
 
     name = "base"
+    # What choosing this strategy sets for each config field the user leaves unset ("section.field": value),
+    # over evolm.config.COMMON_DEFAULTS.
+    defaults: dict[str, Any] = {}
 
     def __init__(self, config):
         self.config = config

@@ -38,6 +38,9 @@ from evolm.strategies.shaping import best_first
 
 class PopulationBasedTraining(Strategy):
     name = "pbt"
+    # Each member holds its own copy of the evolving weights and Adam's two moments: members x 3 x the
+    # weight bytes. Jaderberg et al. 2017 and Ray Tune's examples use 4-20 members.
+    defaults = {"strategy.population_size": 8}
 
     def __init__(self, config):
         super().__init__(config)
