@@ -31,7 +31,7 @@ from evolm.evaluators import LocalEvaluator
 from evolm.fitness import build_fitness
 from evolm.strategies import make_strategy
 from evolm.models import build_model
-from evolm.worker import Worker
+from evolm.assembly import worker_from_config
 
 mode, optimizer = sys.argv[1], sys.argv[2]
 config = build_config(overrides=[("model.width", 1024), ("model.layers", 2), ("model.heads", 8), ("model.ff", 4096),

@@ -348,7 +348,7 @@ import json, os, sys
 import ray, psutil
 from evolm.config import build_config
 from evolm.evaluators.ray import RayEvaluator
-from evolm.worker import Worker
+from evolm.assembly import worker_from_config
 
 config = build_config(None, {overrides!r})
 evaluator = RayEvaluator(config, worker_from_config(config))  # no runtime in this process: evolm starts its own
