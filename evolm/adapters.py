@@ -16,7 +16,7 @@ from torch import nn
 
 from evolm.errors import UsageError
 from evolm.genome import ParamSpace
-from evolm.models.base import LanguageModel
+from evolm.models.base import LanguageModel, model_context
 
 # --- adapters: a module's raw output -> logits (batch, time, vocab) -----------------------------------
 
@@ -135,7 +135,7 @@ def param_space(model: nn.Module, pattern: str) -> ParamSpace:
 
 def check_logits(model: nn.Module, vocab: int, device) -> None:
     """One probe forward: the output must be logits (batch, time, >= vocab) for batch-first token ids."""
-    context = model_context_of(model)
+    context = model_context(model)
     time = 5 if context is None else max(1, min(5, context))
     batch = 2 if time != 2 else 3
     tokens = (torch.arange(batch * time).reshape(batch, time) % vocab).to(device)
@@ -165,10 +165,6 @@ def check_logits(model: nn.Module, vocab: int, device) -> None:
         raise UsageError(f"model logits have {shape[2]} entries but the tokenizer's vocabulary has {vocab} tokens")
 
 
-def model_context_of(model) -> int | None:
-    return getattr(getattr(model, "config", None), "context", None)
-
-
 __all__ = [
     "AdaptedModel",
     "ModelInfo",
@@ -176,7 +172,6 @@ __all__ = [
     "check_logits",
     "default_logits",
     "logits_from",
-    "model_context_of",
     "param_space",
     "time_major",
     "time_major_io",

@@ -41,7 +41,6 @@ from evolm.adapters import (  # noqa: F401 - re-exported: evolm.api.time_major e
     check_logits,
     default_logits,
     logits_from,
-    model_context_of,
     param_space,
     time_major,
     time_major_io,

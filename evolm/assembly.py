@@ -18,12 +18,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from evolm.adapters import AdaptedModel, check_logits, model_context_of, param_space, unwrap
+from evolm.adapters import AdaptedModel, check_logits, param_space, unwrap
 from evolm.data import ByteTokenizer, Corpus, load_corpus_text
 from evolm.errors import UsageError
 from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood, parse_terms
 from evolm.genome import LowRankGenome, ParamSpace, make_genome
 from evolm.models import LanguageModel, build_model, resolve_device
+from evolm.models.base import model_context
 from evolm.models.hf import build_hf, resolved_params
 from evolm.population import supports_population
 from evolm.probe import probe_language_model
@@ -231,7 +232,7 @@ def build_worker(
         vocab = max(tokenizer_vocab(tokenizer), int(text.train.max()) + 1)
         check_logits(language_model, vocab, device)
         if probe:
-            probe_language_model(language_model, vocab, device, model_context_of(language_model))
+            probe_language_model(language_model, vocab, device, model_context(language_model))
         val_batch = text.validation_batch(config.data.val_sequences).to(device)
         validation_fn = functools.partial(_validation_loss, batch=val_batch)
         source: Corpus | NoCorpus = text

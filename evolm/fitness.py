@@ -29,6 +29,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from torch import nn
 
 from evolm.data import VOCAB_SIZE, Batch
 from evolm.errors import UsageError
+from evolm.models.base import model_context
 from evolm.seeding import derive_seed, torch_generator
 from evolm.textstats import distinct_n, diversity_score, ngram_profile, novelty_scores, repetition_rate
 
@@ -87,11 +89,6 @@ def with_novelty(results: list) -> tuple[list, list[float] | None]:
         values[result.novelty_index] += result.novelty_weight * value
         finished.append(tuple(values))
     return finished, novelty
-
-
-def model_context(model: nn.Module) -> int | None:
-    """Longest sequence the model's forward takes (the GPT's learned positions), None when unbounded (LSTM)."""
-    return getattr(getattr(model, "config", None), "context", None)
 
 
 @torch.no_grad()
@@ -182,8 +179,9 @@ class FitnessContext:
     """What one generation shares: the same text, prompts and sampling seed for every individual."""
 
     generation: int
-    batch: Batch | None  # real training text (likelihood, margin)
-    prompts: torch.Tensor | None  # (prompts, prompt_tokens) from the training text (self, diversity, margin)
+    # Built only when an active term needs it (None otherwise): typed Any, the terms check which they use.
+    batch: Any  # real training text, a Batch (likelihood, margin)
+    prompts: Any  # (prompts, prompt_tokens) tokens from the training text (self, diversity, margin)
     sampling_seed: int  # every individual samples its continuations from a generator with this seed
     reference_real_score: float | None = None  # s_p of the frozen reference scorer, the same for everyone
 
@@ -242,7 +240,7 @@ class Fitness:
                     f"config field fitness.prompt_tokens ({self.prompt_tokens}) is longer than the corpus "
                     f"{name} part ({len(part)} tokens)"
                 )
-        self._report_prompts = None
+        self._report_prompts: torch.Tensor | None = None
 
     # What the generation shares --------------------------------------------------------------
 
@@ -253,7 +251,8 @@ class Fitness:
         return train[starts.unsqueeze(1) + torch.arange(self.prompt_tokens)].to(self.device)
 
     def context(self, generation: int) -> FitnessContext:
-        batch = prompts = None
+        batch: Batch | None = None
+        prompts = None
         if self.needs_batch:
             # The same derived seed as the likelihood-only fitness always used: its runs keep their batches.
             generator = torch_generator(self.run_seed, "fitness-batch", generation)
@@ -262,7 +261,7 @@ class Fitness:
             prompts = self._sample_prompts(generation)
         context = FitnessContext(generation, batch, prompts, derive_seed(self.run_seed, "fitness-sampling", generation))
         if "margin" in self.names and self.reference is not None:
-            context.reference_real_score = mean_log_likelihood(self.reference, batch)
+            context.reference_real_score = mean_log_likelihood(self.reference, context.batch)
         return context
 
     def tokens(self, context: FitnessContext) -> int:
@@ -282,7 +281,7 @@ class Fitness:
 
     # Scoring -----------------------------------------------------------------------------------
 
-    def _generate(self, model: nn.Module, prompts: torch.Tensor, seed: int, new_tokens: int) -> torch.Tensor | None:
+    def _generate(self, model, prompts: torch.Tensor, seed: int, new_tokens: int) -> torch.Tensor | None:
         """The model's continuations, or None when it has diverged (non-finite logits break sampling)."""
         generator = torch.Generator().manual_seed(seed)
         try:

@@ -28,13 +28,16 @@ fixed validation prompts under ``fitness.scorer``: the model itself, or the froz
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from evolm.baselines.adam import run_adam
 from evolm.baselines.environment import TokenEnvironment, rollout, sample_tokens
 from evolm.baselines.harness import BaselineRun, peak_rss_mb
 from evolm.baselines.mezo import run_mezo
 from evolm.baselines.reinforce import run_reinforce
 
-BASELINES = {"adam": run_adam, "reinforce": run_reinforce, "mezo": run_mezo}
+# name -> run(config, out_dir, budget_seconds=None, budget_tokens=None, log=print, **options) -> summary
+BASELINES: dict[str, Callable[..., dict]] = {"adam": run_adam, "reinforce": run_reinforce, "mezo": run_mezo}
 
 __all__ = [
     "BASELINES",

@@ -21,6 +21,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def model_context(model: nn.Module) -> int | None:
+    """Longest sequence the model's forward takes (the GPT's learned positions), None when unbounded (LSTM)."""
+    return getattr(getattr(model, "config", None), "context", None)
+
+
 def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row, shape (rows, 1), on the logits' device. A generator on another device than
     the logits (a host generator with GPU logits) draws on its own device, at one host round trip."""
