@@ -12,16 +12,16 @@ the model per individual; undo copies the space's base snapshot back, which is e
   chunk 0 from (seed, tensor) alone), so a large model is perturbed and updated through one small
   scratch buffer instead of a model-sized one; small models keep a per-tensor noise cache (an
   antithetic partner reuses its pair's noise) and get the same values either way.
-
-Noise is drawn on the device where the tensor lives (a generator on that device): copying host
-noise to a GPU costs more than the forward pass. CPU and CUDA generators give different numbers,
-so every copy of a model that must agree runs on one device type.
 - ``lowrank``: the same entries, but each weight matrix's noise is ``A @ B.T / sqrt(r)`` with
   rank-r factors drawn from the seed (EGGROLL, Sarkar et al. 2025, "Evolution Strategies at the
   Hyperscale", arXiv:2511.16652); vectors (biases, norms) get full-rank noise.
 - ``vector``: explicit float32 deltas over a small parameter subset, for DEAP's real-valued operators.
-- ``hyper``: named, bounded hyperparameters (log-scale learning rate, weight decay, dropout,
-  batch size) encoded in [0, 1], for population-based training.
+- ``hyper``: named, bounded hyperparameters for population-based training, in :mod:`evolm.hyper`
+  (re-exported here).
+
+Noise is drawn on the device where the tensor lives (a generator on that device): copying host
+noise to a GPU costs more than the forward pass. CPU and CUDA generators give different numbers,
+so every copy of a model that must agree runs on one device type.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from evolm.errors import UsageError
+from evolm.hyper import DEFAULT_HYPERPARAMETERS, HyperGenome, HyperParameter  # noqa: F401  (re-exported)
 from evolm.seeding import mix_seed
 
 ALL_TENSORS = -1  # tensor mask with every bit set
@@ -344,65 +344,6 @@ class VectorGenome:
 
     def undo(self, model: nn.Module, genes) -> None:
         self.space.restore()
-
-
-@dataclass(frozen=True)
-class HyperParameter:
-    """A bounded hyperparameter; genes hold it as a number in [0, 1]."""
-
-    name: str
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
-
-    def decode(self, gene: float):
-        unit = min(max(float(gene), 0.0), 1.0)
-        if self.log:
-            value = math.exp(math.log(self.low) + unit * (math.log(self.high) - math.log(self.low)))
-        else:
-            value = self.low + unit * (self.high - self.low)
-        return round(value) if self.integer else value
-
-    def encode(self, value) -> float:
-        if self.log:
-            return (math.log(value) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
-        return (value - self.low) / (self.high - self.low)
-
-
-DEFAULT_HYPERPARAMETERS = (
-    HyperParameter("learning_rate", 1e-4, 3e-2, log=True),
-    HyperParameter("weight_decay", 0.0, 0.1),
-    HyperParameter("dropout", 0.0, 0.3),
-    HyperParameter("batch_size", 8, 64, integer=True),
-)
-
-
-class HyperGenome:
-    """Training hyperparameters for population-based training; ``apply`` sets dropout in place."""
-
-    name = "hyper"
-
-    def __init__(self, parameters: Sequence[HyperParameter] = DEFAULT_HYPERPARAMETERS):
-        self.parameters = tuple(parameters)
-        self.size = len(self.parameters)
-
-    def decode(self, genes) -> dict:
-        return {p.name: p.decode(g) for p, g in zip(self.parameters, genes)}
-
-    def encode(self, values: dict) -> list[float]:
-        return [p.encode(values[p.name]) for p in self.parameters]
-
-    def apply(self, model: nn.Module, genes) -> None:
-        values = self.decode(genes)
-        self._saved = {m: m.p for m in model.modules() if isinstance(m, nn.Dropout)}
-        if "dropout" in values:
-            for module in self._saved:
-                module.p = values["dropout"]
-
-    def undo(self, model: nn.Module, genes) -> None:
-        for module, p in getattr(self, "_saved", {}).items():
-            module.p = p
 
 
 GENOMES = {"seed": SeedGenome, "lowrank": LowRankGenome, "vector": VectorGenome}
