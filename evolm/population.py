@@ -38,8 +38,8 @@ threads contend for the GIL over it. Against a hand-written GPT forward over the
 (the default model, 16 x 64 tokens, 2 CPU cores, interleaved in one process), it ran at 0.96x on
 one thread and 0.93x on two at 2 individuals a pass, 0.98x / 0.96x at 4, 1.0x / 0.97x at 16: more
 than noise where benchmarks/throughput.py's batched rate is taken (2 individuals). So the GPT keeps
-that forward (:func:`gpt_population_logits`; a subclass takes the general pass). The LSTM has none:
-its replacement ran 1.2x faster than its old hand-written pass (one multiply-add per step, not three).
+that forward (:func:`gpt_population_logits`; a subclass takes the general pass). The LSTM has none: its
+replacement ran 1.2x (one thread) to 1.35x (two) its old hand-written pass (a multiply-add a step, not three).
 
 The factors are drawn exactly as :class:`evolm.genome.LowRankGenome` draws them, so a batched
 fitness equals applying the genome to the model and scoring it alone (to float tolerance).
