@@ -174,21 +174,22 @@ class NoiseGenome:
 
     def _cached(self, seed: int, index: int) -> torch.Tensor:
         """Tensor ``index``'s whole noise for ``seed``, in the cache (regenerated when it holds another seed)."""
-        if self._cache_seeds[index] == seed:
-            return self._cache[index]
+        cache = self._cache[index]
+        if cache is not None and self._cache_seeds[index] == seed:
+            return cache
         self._cache_seeds[index] = None  # a failed generation must not leave a stale tag
         tensor = self.space.tensors[index]
-        if self._cache[index] is None:
-            self._cache[index] = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
+        if cache is None:
+            cache = self._cache[index] = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
         chunks = self._chunks[index]
         if len(chunks) == 1:  # the whole tensor: no views on the hot path of small models
-            self._fill(seed, index, 0, 0, chunks[0][1], self._cache[index])
+            self._fill(seed, index, 0, 0, chunks[0][1], cache)
         else:
-            flat = self._cache[index].view(-1)
+            flat = cache.view(-1)
             for chunk, (start, stop) in enumerate(chunks):
                 self._fill(seed, index, chunk, start, stop, flat[start:stop])
         self._cache_seeds[index] = seed
-        return self._cache[index]
+        return cache
 
     def noise(self, seed: int, index: int) -> torch.Tensor:
         """Noise of tensor ``index`` for ``seed`` (float32, on the tensor's device).

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from evolm.genome import LowRankGenome, gene_entries, mask_has
-from evolm.models import GPT
+from evolm.models.gpt import GPT, Block
 
 
 class PopulationDelta:
@@ -66,8 +67,9 @@ class PopulationDelta:
     def __init__(self, genome: LowRankGenome, genes_list: list, rows: int = 1):
         space = genome.space
         self.size, self.rows = len(genes_list), rows
-        self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.deltas: dict[str, torch.Tensor] = {}
+        # Keyed by parameter name; looked up with name() (None for a tensor that does not evolve).
+        self.factors: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.deltas: dict[str | None, torch.Tensor] = {}
         # Modules find their evolving tensors by identity: a tied weight (one tensor, two modules) is
         # perturbed in both, as applying the genome in place perturbs it.
         self._names = {id(p): name for name, p in zip(space.names, space.parameters)}
@@ -196,7 +198,7 @@ class PopulationDelta:
         offsets = torch.arange(self.size, device=ids.device).unsqueeze(1) * vocab
         return F.embedding(ids + offsets, tables.reshape(-1, width))
 
-    def vector(self, param: torch.Tensor | None) -> torch.Tensor | None:
+    def vector(self, param: torch.Tensor | None) -> Any:  # a tensor, or None when ``param`` is None
         """A parameter as ``(P, 1, *shape)`` per individual when perturbed (it broadcasts over each
         individual's rows of a ``(P, N, *shape)`` input), else unchanged."""
         return self.full(param).unsqueeze(1) if param is not None and self.name(param) else param
@@ -289,7 +291,7 @@ def _vmapped(delta: PopulationDelta, module: nn.Module, *args, **kwargs):
     return tree_map(delta.broadcast, out)
 
 
-REPLACEMENTS = {nn.Linear: _linear, nn.Embedding: _embedding, nn.LayerNorm: _layer_norm, nn.LSTM: _lstm}
+REPLACEMENTS: dict = {nn.Linear: _linear, nn.Embedding: _embedding, nn.LayerNorm: _layer_norm, nn.LSTM: _lstm}
 
 
 def _replacement(module: nn.Module):
@@ -371,7 +373,7 @@ def gpt_population_logits(model: GPT, tokens: torch.Tensor, delta: PopulationDel
     ids = tokens.reshape(1, -1).expand(population, -1)
     positions = torch.arange(time, device=tokens.device).repeat(batch).expand(population, -1)
     x = delta.embedding(ids, model.token_embedding.weight) + delta.embedding(positions, model.position_embedding.weight)
-    for block in model.blocks:
+    for block in cast("list[Block]", model.blocks):
         attn, width = block.attn, x.shape[-1]
         qkv = delta.linear(delta.layer_norm(x, block.norm1), attn.qkv.weight, attn.qkv.bias)
         shape = (population * batch, time, attn.heads, width // attn.heads)
