@@ -84,6 +84,7 @@ SETTINGS = {
     "params": "genome.params",
     "rank": "genome.rank",
     "terms": "fitness.terms",
+    "init": "model.init",
     "context": "model.context",
     "batch_size": "data.batch_size",
     "val_fraction": "data.val_fraction",

@@ -23,7 +23,7 @@ from evolm.data import ByteTokenizer, Corpus, load_corpus_text
 from evolm.errors import UsageError
 from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood, parse_terms
 from evolm.genome import LowRankGenome, ParamSpace, make_genome
-from evolm.models import LanguageModel, build_model, resolve_device
+from evolm.models import LanguageModel, build_initial_model, resolve_device
 from evolm.models.base import model_context
 from evolm.models.hf import build_hf, resolved_params
 from evolm.population import supports_population
@@ -144,7 +144,7 @@ def worker_from_config(config, corpus: Corpus | None = None) -> Worker:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     corpus = corpus or Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
-    model = build_model(config.model, config.seed).to(device).eval()
+    model = build_initial_model(config.model, config.seed).to(device).eval()
     space = ParamSpace(model, config.genome.params)
     val_batch = corpus.validation_batch(config.data.val_sequences).to(device)
     worker = Worker(

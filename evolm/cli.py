@@ -24,6 +24,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _absolute(path: str) -> str:
+    """A path as recorded in config.toml: absolute, so a resume or a compare's child runs find it from anywhere."""
+    return str(Path(path).expanduser().absolute())
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE.toml", help="TOML file of settings (see config.toml in any run folder)"
@@ -45,6 +50,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--data", metavar="PATH", help="UTF-8 text file or folder of .txt files (default: CPython's bundled docs)"
+    )
+    parser.add_argument(
+        "--init",
+        type=_absolute,
+        metavar="PATH",
+        help="start from trained weights: a run folder (e.g. an adam run of evolm compare) or a .safetensors file; "
+        "the model settings must match the run that saved them",
     )
     parser.add_argument(
         "--strategy",
@@ -195,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="config override applied to every method, e.g. --set threads=1",
     )
+    compare_parser.add_argument(
+        "--init",
+        type=_absolute,
+        metavar="PATH",
+        help="every method starts from these trained weights (a run folder or .safetensors)",
+    )
     compare_parser.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
     return parser
 
@@ -204,6 +222,7 @@ def _overrides_from_args(args) -> list[tuple[str, str]]:
     for option, key in (
         ("model", "model.name"),
         ("data", "data.path"),
+        ("init", "model.init"),
         ("strategy", "strategy.name"),
         ("population_size", "strategy.population_size"),
         ("generations", "generations"),
@@ -268,6 +287,8 @@ def command_compare(args) -> int:
     budget_seconds = _positive_number(args.budget_seconds, "--budget-seconds") if args.budget_seconds else None
     budget_tokens = _positive_number(args.budget_tokens, "--budget-tokens", int) if args.budget_tokens else None
     overrides = [parse_assignment(item) for item in args.overrides]
+    if args.init:
+        overrides.append(("model.init", args.init))
     build_config(overrides=overrides)  # a bad override fails here, before any run starts
     compare(methods, args.out, seeds, budget_seconds, budget_tokens, overrides)
     print(Path(args.out, "compare.md").read_text())

@@ -41,6 +41,7 @@ class ModelConfig:
     heads: int = 4  # gpt only
     ff: int = 256  # gpt only
     dropout: float = 0.0
+    init: str = ""  # trained weights to start from: a run folder (its model.safetensors) or a .safetensors file
 
 
 @dataclass
@@ -324,6 +325,11 @@ def validate(config: RunConfig) -> None:
         raise UsageError(
             f"config field model.name: unknown model {config.model.name!r} "
             f"(choose from {', '.join(MODEL_NAMES)}, or hf:PATH for a local Hugging Face checkpoint)"
+        )
+    if config.model.init and config.model.name not in MODEL_NAMES:
+        raise UsageError(
+            f"config field model.init: trained weights start a built-in model ({', '.join(MODEL_NAMES)}); "
+            f"{config.model.name!r} starts from its own weights"
         )
     if config.model.name == "gpt" and config.model.width % config.model.heads:
         raise UsageError(

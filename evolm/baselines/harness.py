@@ -4,7 +4,8 @@ A baseline file (adam.py, reinforce.py, mezo.py) holds only its algorithm; it ma
 :class:`BaselineRun`, asks :meth:`BaselineRun.can_step` before each step, hands each finished step to
 :meth:`BaselineRun.record` and :meth:`BaselineRun.maybe_log`, and ends with :meth:`BaselineRun.finish`.
 
-The run starts from the same initial weights as an evolution run (``build_model(config.model, config.seed)``),
+The run starts from the same initial weights as an evolution run (``build_initial_model(config.model, config.seed)``:
+the seeded initialisation, or the trained weights of ``model.init``),
 stops at whichever budget comes first (wall seconds, forward tokens or steps) and writes the files of an
 evolution run (``config.toml``, ``metrics.jsonl``, ``summary.json``, ``model.safetensors``) with the
 helpers of :mod:`evolm.rundir`.
@@ -27,7 +28,7 @@ from evolm.baselines.environment import TokenEnvironment, rollout
 from evolm.data import Corpus
 from evolm.errors import UsageError
 from evolm.fitness import mean_log_likelihood
-from evolm.models import build_model, count_parameters, resolve_device
+from evolm.models import build_initial_model, count_parameters, resolve_device
 from evolm.rundir import json_number, prepare_run_dir, save_model_file, toml_ready, write_json
 from evolm.seeding import torch_generator
 from evolm.textstats import distinct_n
@@ -89,7 +90,7 @@ class BaselineRun:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
         self.corpus = Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
-        self.model = build_model(config.model, config.seed).to(self.device)
+        self.model = build_initial_model(config.model, config.seed).to(self.device)
         self.val_batch = self.corpus.validation_batch(config.data.val_sequences).to(self.device)
         self._reference = None
         self.out_dir = prepare_run_dir(Path(out_dir), overwrite)
@@ -110,7 +111,7 @@ class BaselineRun:
     def reference(self):
         """A frozen copy of the initial model: the scorer of the self-feedback reward and report."""
         if self._reference is None:
-            self._reference = build_model(self.config.model, self.config.seed).to(self.device).eval()
+            self._reference = build_initial_model(self.config.model, self.config.seed).to(self.device).eval()
             self._reference.requires_grad_(False)
         return self._reference
 

@@ -1,7 +1,7 @@
 """Language models evolm evolves: a small causal Transformer (``gpt``) and the seed document's LSTM (``lstm``)."""
 
 from evolm.models.base import LanguageModel, count_parameters
-from evolm.models.build import BUILT_IN, build_model, resolve_device
+from evolm.models.build import BUILT_IN, build_initial_model, build_model, resolve_device
 from evolm.models.gpt import GPT, GPTConfig
 from evolm.models.lstm import LSTMConfig, LSTMLanguageModel
 
@@ -14,6 +14,7 @@ __all__ = [
     "LSTMLanguageModel",
     "LanguageModel",
     "MODEL_NAMES",
+    "build_initial_model",
     "build_model",
     "count_parameters",
     "resolve_device",

@@ -10,8 +10,12 @@ Face checkpoints are loaded by :mod:`evolm.models.hf`; a user's own module comes
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
 
 from evolm.errors import UsageError
 from evolm.models.base import LanguageModel
@@ -41,6 +45,43 @@ def build_model(model_config, seed: int) -> LanguageModel:
     }
     with scoped_torch_seed(seed):
         return model_class(settings_class(**settings))
+
+
+def build_initial_model(model_config, seed: int) -> LanguageModel:
+    """The model a run starts from: built as :func:`build_model` does, then loaded with the trained weights
+    of ``model.init`` when it names some (a run folder's ``model.safetensors`` or a ``.safetensors`` file)."""
+    model = build_model(model_config, seed)
+    if model_config.init:
+        load_initial_weights(model, model_config.init)
+    return model
+
+
+def load_initial_weights(model: nn.Module, location: str | Path) -> None:
+    """Load ``location`` (a run folder or a ``.safetensors`` file) into ``model``, strictly: a missing,
+    unexpected or differently shaped tensor is one UsageError naming the first one that differs."""
+    path = Path(location)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    where = f"config field model.init: weights file {path}"
+    if not path.is_file():
+        raise UsageError(f"{where} does not exist (a run folder holds model.safetensors once the run has finished)")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise UsageError(f"{where} is not a valid safetensors file: {str(error).splitlines()[0][:160]}") from None
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            raise UsageError(f"{where} has no tensor {name} (it holds weights of another model)")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise UsageError(
+                f"{where}: tensor {name} has shape {tuple(state[name].shape)}, the configured model "
+                f"expects {tuple(tensor.shape)} (set model.* as in the run that saved it)"
+            )
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise UsageError(f"{where} has tensor {unexpected[0]}, which the configured model does not have")
+    model.load_state_dict(state, strict=True)
 
 
 def resolve_device(name: str) -> torch.device:
