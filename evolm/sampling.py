@@ -12,8 +12,6 @@ import unicodedata
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from evolm.adapters import AdaptedModel
@@ -21,6 +19,7 @@ from evolm.config import config_from_dict
 from evolm.data import ByteTokenizer
 from evolm.errors import UsageError
 from evolm.models import LanguageModel, build_model
+from evolm.models.build import read_weights, weights_mismatch
 from evolm.models.hf import build_hf, hf_path, load_hf_tokenizer
 
 CONFIG_FILE = "config.toml"
@@ -66,21 +65,15 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
             f"load the weights into your module with evolm.load_weights(module, {str(run_dir)!r})"
         )
     path = Path(weights) if weights is not None else _run_file(run_dir, WEIGHTS_FILE, " (the run has not finished)")
-    try:
-        state = load_file(str(path), device="cpu")
-    except FileNotFoundError:
-        raise UsageError(f"weights file {path} does not exist") from None
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        message = (str(error).splitlines() or [type(error).__name__])[0][:160]
-        raise UsageError(f"weights file {path} is not a valid safetensors file: {message}") from None
+    state = read_weights(path, f"weights file {path}")
     model: LanguageModel
     if config.model.name.startswith("hf:"):  # the checkpoint folder the run started from, then the evolved weights
         model, _ = build_hf(config, device="cpu")
     else:
         model = build_model(config.model, config.seed)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing, unexpected, reshaped = weights_mismatch(expected, state)
+    missing = sorted(missing)
     if missing or unexpected:
         parts = []
         if missing:
@@ -88,12 +81,11 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
         if unexpected:
             parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
         raise UsageError(f"weights file {path} does not match the model in {run_dir / CONFIG_FILE}: {'; '.join(parts)}")
-    for name, tensor in expected.items():
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise UsageError(
-                f"weights file {path}: tensor {name} has shape {tuple(state[name].shape)}, "
-                f"the model in {run_dir / CONFIG_FILE} expects {tuple(tensor.shape)}"
-            )
+    if reshaped is not None:
+        raise UsageError(
+            f"weights file {path}: tensor {reshaped} has shape {tuple(state[reshaped].shape)}, "
+            f"the model in {run_dir / CONFIG_FILE} expects {tuple(expected[reshaped].shape)}"
+        )
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -170,7 +162,7 @@ def load_weights(module: nn.Module, run_dir, weights: str | Path | None = None) 
     path = Path(weights) if weights is not None else Path(run_dir) / "model.safetensors"
     if not path.is_file():
         raise UsageError(f"weights file {path} does not exist (has the run finished?)")
-    state = load_file(str(path), device="cpu")
+    state = read_weights(path, f"weights file {path}")
     expected = set(module.state_dict())
     if set(state) != expected:
         for prefix in (AdaptedModel.inner_prefix, "model."):

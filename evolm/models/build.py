@@ -56,6 +56,29 @@ def build_initial_model(model_config, seed: int) -> LanguageModel:
     return model
 
 
+def read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU; a file that is missing or not safetensors (a pickle,
+    garbage) is one UsageError that starts with ``where``. Never unpickles anything."""
+    try:
+        return load_file(str(path), device="cpu")
+    except FileNotFoundError:
+        raise UsageError(f"{where} does not exist") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        message = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        raise UsageError(f"{where} is not a valid safetensors file: {message}") from None
+
+
+def weights_mismatch(expected: dict, state: dict) -> tuple[list[str], list[str], str | None]:
+    """How ``state`` differs from a model's ``expected`` state dict: the names it lacks (in the model's
+    order), the names the model lacks (sorted), and the first present tensor whose shape differs."""
+    missing = [name for name in expected if name not in state]
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = next(
+        (name for name, t in expected.items() if name in state and tuple(state[name].shape) != tuple(t.shape)), None
+    )
+    return missing, unexpected, reshaped
+
+
 def load_initial_weights(model: nn.Module, location: str | Path) -> None:
     """Load ``location`` (a run folder or a ``.safetensors`` file) into ``model``, strictly: a missing,
     unexpected or differently shaped tensor is one UsageError naming the first one that differs."""
@@ -65,20 +88,16 @@ def load_initial_weights(model: nn.Module, location: str | Path) -> None:
     where = f"config field model.init: weights file {path}"
     if not path.is_file():
         raise UsageError(f"{where} does not exist (a run folder holds model.safetensors once the run has finished)")
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise UsageError(f"{where} is not a valid safetensors file: {str(error).splitlines()[0][:160]}") from None
+    state = read_weights(path, where)
     expected = model.state_dict()
-    for name, tensor in expected.items():
-        if name not in state:
-            raise UsageError(f"{where} has no tensor {name} (it holds weights of another model)")
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise UsageError(
-                f"{where}: tensor {name} has shape {tuple(state[name].shape)}, the configured model "
-                f"expects {tuple(tensor.shape)} (set model.* as in the run that saved it)"
-            )
-    unexpected = sorted(set(state) - set(expected))
+    missing, unexpected, reshaped = weights_mismatch(expected, state)
+    if missing:
+        raise UsageError(f"{where} has no tensor {missing[0]} (it holds weights of another model)")
+    if reshaped is not None:
+        raise UsageError(
+            f"{where}: tensor {reshaped} has shape {tuple(state[reshaped].shape)}, the configured model "
+            f"expects {tuple(expected[reshaped].shape)} (set model.* as in the run that saved it)"
+        )
     if unexpected:
         raise UsageError(f"{where} has tensor {unexpected[0]}, which the configured model does not have")
     model.load_state_dict(state, strict=True)
