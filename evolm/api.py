@@ -51,11 +51,13 @@ from evolm.assembly import (  # noqa: F401 - re-exported: the Python API's names
     CallableFitness,
     HFWorkerFactory,
     ModuleWorkerFactory,
+    TaskWorkerFactory,
     build_worker,
     load_corpus,
 )
-from evolm.config import RunConfig, apply_mapping, load_toml, parse_assignment, resolve_strategy_defaults, set_dotted
+from evolm.config import RunConfig, resolve_strategy_defaults
 from evolm.config import validate as validate_config
+from evolm.config_io import apply_mapping, load_toml, parse_assignment, set_dotted
 from evolm.engine import resume as engine_resume
 from evolm.engine import run
 from evolm.errors import UsageError
@@ -85,6 +87,8 @@ SETTINGS = {
     "rank": "genome.rank",
     "terms": "fitness.terms",
     "init": "model.init",
+    "task": "task.name",
+    "prompts": "task.prompts",
     "context": "model.context",
     "batch_size": "data.batch_size",
     "val_fraction": "data.val_fraction",
@@ -164,7 +168,7 @@ def make_config(
 # --- evolve / resume / weights ------------------------------------------------------------------------
 
 
-def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, validation, probe=True):
+def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, validation, probe=True, reward=None):
     """The picklable worker factory for ``model`` and the name ``config.model.name`` records for it. A built-in
     model (``"gpt"``, ``"lstm"``) gets None: the engine builds it from the config, exactly as ``evolm run`` does."""
     if isinstance(model, str):
@@ -185,7 +189,7 @@ def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, vali
                     f"the built-in model {model!r} is set up by config fields (model.*, fitness.terms), "
                     f"as for evolm run: drop {', '.join(given)}"
                 )
-            return None, model
+            return (None if reward is None else TaskWorkerFactory(reward)), model
         if not is_hf(model):
             raise UsageError(
                 f"model {model!r}: a model given by name must be one of the built-in models "
@@ -196,7 +200,7 @@ def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, vali
                 "a Hugging Face model brings its own output layout, tokenizer and context: "
                 "drop adapter=, tokenizer= and max_context="
             )
-        return HFWorkerFactory(fitness, validation), model
+        return HFWorkerFactory(fitness, validation, reward), model
     if isinstance(model, nn.Module):
         if config.evaluator.workers or config.evaluator.ray_address:
             raise UsageError(
@@ -216,6 +220,7 @@ def _worker_factory(model, config, *, adapter, fitness, tokenizer, context, vali
         context=context,
         validation=validation,
         probe=probe,
+        reward=reward,
     ), CUSTOM_MODEL
 
 
@@ -244,6 +249,7 @@ def evolve(
     progress=False,
     log=print,
     probe=True,
+    reward=None,
     **settings,
 ) -> dict:
     """Evolve ``model``; returns the run summary (also in ``OUT/summary.json``).
@@ -266,6 +272,9 @@ def evolve(
       (``generations=50``, ``population_size=32``, ``sigma=0.02``, ``workers=2``, or any ``section__field``).
     - ``out``: the run folder (default ``runs/<name>-<time>``); ``overwrite``: replace an earlier run there;
       ``progress``: a progress bar; ``log``: where messages go.
+    - ``task``: optimise a task's reward instead (``"self-feedback"``, ``"arithmetic"``, ``"python-lines"``);
+      ``reward``: your own ``reward(prompts, completions) -> list[float]`` (a callable, or ``"module:function"``),
+      on ``prompts=`` (a file, one prompt per line) or windows of the corpus.
     - ``probe``: before the run, a module that reads text is checked on a tiny batch (:mod:`evolm.probe`): the
       rows of a batch must not affect each other, and no position may see a later token; a module that fails
       is refused with one UsageError. ``probe=False`` skips the check.
@@ -276,6 +285,16 @@ def evolve(
         raise UsageError(
             f"fitness must be a callable fitness(model) -> float or a terms string, got {type(fitness).__name__}"
         )
+    reward_function = None
+    if isinstance(reward, str):
+        settings["task__reward"] = reward
+    elif reward is not None:
+        if not callable(reward):
+            raise UsageError(
+                f"reward must be a callable reward(prompts, completions) or 'module:function', got {reward!r}"
+            )
+        reward_function = reward
+        settings.setdefault("task", "reward")
     run_config = make_config(config, data=data, fitness_terms=terms, overrides=overrides, settings=settings)
     factory, model_name = _worker_factory(
         model,
@@ -286,6 +305,7 @@ def evolve(
         context=max_context,
         validation=validation,
         probe=probe,
+        reward=reward_function,
     )
     _validated(run_config, model_name)
     if user_fitness is not None and run_config.strategy.name == "nsga2":
@@ -311,6 +331,7 @@ def resume(
     progress=False,
     log=print,
     probe=True,
+    reward=None,
 ) -> dict:
     """Continue an interrupted run from its last checkpoint: any run ``evolm run`` or :func:`evolve` started.
 
@@ -341,6 +362,7 @@ def resume(
         context=max_context,
         validation=validation,
         probe=probe,
+        reward=reward,
     )
     _check_ray_ready(factory, config)
     return _finish(engine_resume(run_dir, progress=progress, log=log, worker_factory=factory), factory)

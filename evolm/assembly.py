@@ -14,6 +14,7 @@ import functools
 import inspect
 import numbers
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from evolm.population import supports_population
 from evolm.probe import probe_language_model
 from evolm.seeding import scoped_torch_seed
 from evolm.strategies.optimizers import make_center_optimizer
+from evolm.tasks.fitness import task_fitness, uses_task
 from evolm.worker import Worker
 
 CUSTOM_MODEL = "custom"  # config.model.name of a run whose module came through the Python API
@@ -130,11 +132,11 @@ def population_chunk(batch_individuals: int, device: torch.device) -> int:
     return 16 if device.type == "cuda" else 1
 
 
-def worker_from_config(config, corpus: Corpus | None = None) -> Worker:
+def worker_from_config(config, corpus: Corpus | None = None, reward_function=None) -> Worker:
     """The worker of a run config: a built-in model (``gpt``, ``lstm``) on bytes with the configured corpus,
     genome and fitness terms, or a local Hugging Face checkpoint (``hf:PATH``) with its own tokenizer."""
     if config.model.name.startswith("hf:"):
-        return hf_worker(config, corpus)
+        return hf_worker(config, corpus, reward_function=reward_function)
     if config.model.name == CUSTOM_MODEL:
         raise UsageError(
             "config field model.name: a custom model is evolved through the Python API, which "
@@ -143,15 +145,20 @@ def worker_from_config(config, corpus: Corpus | None = None) -> Worker:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    corpus = corpus or Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
     model = build_initial_model(config.model, config.seed).to(device).eval()
+    fitness: Any
+    if uses_task(config):
+        fitness, corpus = task_fitness(config, model, ByteTokenizer(), device, reward_function)
+    else:
+        corpus = corpus or Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
+        fitness = build_fitness(config, corpus, device, model)
     space = ParamSpace(model, config.genome.params)
     val_batch = corpus.validation_batch(config.data.val_sequences).to(device)
     worker = Worker(
         model,
         space,
         make_genome(config, space),
-        build_fitness(config, corpus, device, model),
+        fitness,
         functools.partial(make_center_optimizer, config=config),
         validation=functools.partial(_validation_loss, batch=val_batch),
     )
@@ -161,7 +168,8 @@ def worker_from_config(config, corpus: Corpus | None = None) -> Worker:
     worker.tokenizer = ByteTokenizer()
     # EGGROLL's batched pass scores a chunk of low-rank genomes at once when fitness is likelihood alone.
     terms = {name: weight for name, weight in parse_terms(config.fitness.terms) if weight}
-    if isinstance(worker.genome, LowRankGenome) and supports_population(model) and set(terms) == {"likelihood"}:
+    likelihood_only = set(terms) == {"likelihood"} and not uses_task(config)
+    if isinstance(worker.genome, LowRankGenome) and supports_population(model) and likelihood_only:
         chunk = population_chunk(config.genome.batch_individuals, device)
         worker.population_chunk = chunk if chunk > 1 else 0
         # nsga2 keeps raw term values as objectives; the weighted sum scales them.
@@ -169,7 +177,7 @@ def worker_from_config(config, corpus: Corpus | None = None) -> Worker:
     return worker
 
 
-def hf_worker(config, corpus=None, *, fitness=None, validation=None) -> Worker:
+def hf_worker(config, corpus=None, *, fitness=None, validation=None, reward_function=None) -> Worker:
     """The worker of a run config whose ``model.name`` is ``hf:PATH``: the checkpoint, the corpus tokenized
     by its tokenizer, the default (or configured) parameter subset (:mod:`evolm.models.hf`)."""
     model, tokenizer = build_hf(config)
@@ -181,6 +189,7 @@ def hf_worker(config, corpus=None, *, fitness=None, validation=None) -> Worker:
         corpus=corpus,
         validation=validation,
         params=resolved_params(config, model),
+        reward_function=reward_function,
     )
 
 
@@ -196,6 +205,7 @@ def build_worker(
     validation: Callable | None = None,
     params: str | None = None,
     probe: bool = False,
+    reward_function: Callable | None = None,
 ):
     """A :class:`~evolm.worker.Worker` around any module: corpus (``tokenizer``), parameter space, genome,
     fitness (``fitness`` callable, or the configured corpus terms), center optimiser and validation loss.
@@ -225,8 +235,13 @@ def build_worker(
         raise UsageError(
             f"tokenizer must offer encode(text) -> ids and decode(ids) -> text, got {type(tokenizer).__name__}"
         )
+    if fitness is not None and uses_task(config):
+        raise UsageError("a fitness function and a task (task.name, task.reward) are two fitnesses: give one")
     uses_text = fitness is None or bool(config.data.path) or corpus is not None
     validation_fn = None
+    scorer: Any = None
+    if uses_task(config):  # the task's own text (or the configured corpus) and its reward
+        scorer, corpus = task_fitness(config, language_model, tokenizer, device, reward_function)
     if uses_text:
         text = corpus or load_corpus(config, tokenizer)
         vocab = max(tokenizer_vocab(tokenizer), int(text.train.max()) + 1)
@@ -246,7 +261,10 @@ def build_worker(
     if validation is not None:
         validation_fn = functools.partial(_user_validation, function=validation)
     space = param_space(language_model, params or config.genome.params)
-    scorer = CallableFitness(fitness) if fitness is not None else build_fitness(config, source, device, language_model)
+    if scorer is None:
+        scorer = (
+            CallableFitness(fitness) if fitness is not None else build_fitness(config, source, device, language_model)
+        )
     worker = Worker(
         language_model,
         space,
@@ -288,8 +306,20 @@ class ModuleWorkerFactory(_RecordingFactory):
     every actor's module starts from the same weights.
     """
 
-    def __init__(self, model, *, adapter=None, fitness=None, tokenizer=None, context=None, validation=None, probe=True):
+    def __init__(
+        self,
+        model,
+        *,
+        adapter=None,
+        fitness=None,
+        tokenizer=None,
+        context=None,
+        validation=None,
+        probe=True,
+        reward=None,
+    ):
         self.model = model
+        self.reward = reward  # a task's reward function given through the API
         self.adapter = adapter
         self.fitness = fitness
         self.tokenizer = tokenizer
@@ -305,6 +335,7 @@ class ModuleWorkerFactory(_RecordingFactory):
             "fitness function": self.fitness,
             "tokenizer": self.tokenizer,
             "validation function": self.validation,
+            "reward function": self.reward,
         }
 
     def build_module(self, config) -> nn.Module:
@@ -329,6 +360,7 @@ class ModuleWorkerFactory(_RecordingFactory):
             context=self.context,
             validation=self.validation,
             probe=self.probe,
+            reward_function=self.reward,
         )
         self.probe = False
         return self._record(worker)
@@ -337,12 +369,31 @@ class ModuleWorkerFactory(_RecordingFactory):
 class HFWorkerFactory(_RecordingFactory):
     """``factory(config) -> Worker`` for ``config.model.name = "hf:PATH"``, optionally with a user fitness."""
 
-    def __init__(self, fitness=None, validation=None):
+    def __init__(self, fitness=None, validation=None, reward=None):
         self.fitness = fitness
         self.validation = validation
+        self.reward = reward
 
     def parts(self) -> dict:
-        return {"fitness function": self.fitness, "validation function": self.validation}
+        return {
+            "fitness function": self.fitness,
+            "validation function": self.validation,
+            "reward function": self.reward,
+        }
 
     def __call__(self, config):
-        return self._record(hf_worker(config, fitness=self.fitness, validation=self.validation))
+        worker = hf_worker(config, fitness=self.fitness, validation=self.validation, reward_function=self.reward)
+        return self._record(worker)
+
+
+class TaskWorkerFactory(_RecordingFactory):
+    """``factory(config) -> Worker`` for a built-in model (gpt, lstm) on a task whose reward is a Python callable."""
+
+    def __init__(self, reward):
+        self.reward = reward
+
+    def parts(self) -> dict:
+        return {"reward function": self.reward}
+
+    def __call__(self, config):
+        return self._record(worker_from_config(config, reward_function=self.reward))

@@ -1,4 +1,4 @@
-"""The ``evolm`` command line: ``evolm run | resume | sample | plot``.
+"""The ``evolm`` command line: ``evolm run | resume | sample | plot | compare | train``.
 
 User mistakes print one line ``evolm: error: ...`` and exit 2; never a traceback.
 """
@@ -9,12 +9,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from evolm.baselines import run_adam
 from evolm.compare import compare, parse_methods
-from evolm.config import STRATEGY_DEFAULTS, build_config, parse_assignment, strategy_defaults
+from evolm.compare_tasks import compare_tasks, parse_task_methods
+from evolm.config import STRATEGY_DEFAULTS, build_config, strategy_defaults
+from evolm.config_io import parse_assignment
 from evolm.engine import resume, run
 from evolm.errors import UsageError
 from evolm.plot import plot_run
 from evolm.sampling import printable, sample_text
+from evolm.tasks.fitness import uses_task
 
 EXIT_USAGE = 2
 
@@ -29,7 +33,31 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().absolute())
 
 
+def _reward_spec(spec: str) -> str:
+    """``path/file.py:function`` made absolute (a module name stays as written): child runs find it anywhere."""
+    location, colon, function = spec.rpartition(":")
+    return f"{_absolute(location)}:{function}" if colon and location.endswith(".py") else spec
+
+
+def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task",
+        metavar="NAME",
+        help="optimise a reward without a gradient instead of likelihood: self-feedback, arithmetic, python-lines",
+    )
+    parser.add_argument(
+        "--reward",
+        type=_reward_spec,
+        metavar="MODULE:FUNCTION",
+        help="your own reward(prompts, completions) -> list of floats (a module on the path, or path/file.py:function)",
+    )
+    parser.add_argument(
+        "--prompts", type=_absolute, metavar="FILE", help="prompts for --reward, one per line (default: corpus windows)"
+    )
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_task_arguments(parser)
     parser.add_argument(
         "--config", metavar="FILE.toml", help="TOML file of settings (see config.toml in any run folder)"
     )
@@ -192,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare_parser.add_argument(
         "--methods",
-        default="es,ga,hybrid,pbt,adam,reinforce,mezo",
         metavar="LIST",
-        help="comma-separated: es, ga, hybrid (es + gradient refinement), pbt, adam, reinforce, mezo",
+        help="comma-separated: es, ga, cmaes, hybrid (es + gradient refinement), pbt, adam, reinforce, mezo; with a "
+        "task also grpo, rloo, not pbt (default: es,ga,hybrid,pbt,adam,reinforce,mezo; with a task all it can run)",
     )
     compare_parser.add_argument("--budget-seconds", type=str, metavar="S", help="wall seconds per run")
     compare_parser.add_argument("--budget-tokens", type=str, metavar="N", help="forward tokens per run")
@@ -214,12 +242,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="every method starts from these trained weights (a run folder or .safetensors)",
     )
     compare_parser.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
+    compare_parser.add_argument(
+        "--no-tune", action="store_true", help="with a task: skip the three-value sweep per method (middle values)"
+    )
+    _add_task_arguments(compare_parser)
+    train_parser = commands.add_parser(
+        "train",
+        help="train a start point with Adam on the corpus (or a task's own text)",
+        description="Train with Adam on next-token likelihood: the usual start point of evolm run --init. "
+        "Save start points by step count (--steps), not time, so they repeat on any machine.",
+    )
+    _add_task_arguments(train_parser)
+    train_parser.add_argument("--config", metavar="FILE.toml", help="TOML file of settings")
+    train_parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
+    for option, text in (
+        ("--model", "gpt or lstm (default gpt)"),
+        ("--data", "UTF-8 text file or folder (default: CPython's bundled docs, or the task's own text)"),
+        ("--seed", "run seed (default 0)"),
+        ("--device", "cpu or cuda"),
+    ):
+        train_parser.add_argument(option, metavar=option.strip("-").upper(), help=text)
+    train_parser.add_argument("--steps", type=str, metavar="N", help="Adam steps (default 1000)")
+    train_parser.add_argument("--budget-seconds", type=str, metavar="S", help="stop after S seconds instead")
+    train_parser.add_argument("--learning-rate", type=str, default="3e-3", metavar="LR", help="(default 3e-3)")
+    train_parser.add_argument("--out", required=True, metavar="DIR", help="run folder: evolm run --init DIR")
+    train_parser.add_argument("--overwrite", action="store_true", help="allow --out to replace an earlier run's files")
     return parser
 
 
 def _overrides_from_args(args) -> list[tuple[str, str]]:
     overrides = [parse_assignment(item) for item in args.overrides]
     for option, key in (
+        ("task", "task.name"),
+        ("reward", "task.reward"),
+        ("prompts", "task.prompts"),
         ("model", "model.name"),
         ("data", "data.path"),
         ("init", "model.init"),
@@ -241,7 +299,7 @@ def _overrides_from_args(args) -> list[tuple[str, str]]:
         ("checkpoint_every", "checkpoint_every"),
         ("tensorboard", "tensorboard"),
     ):
-        value = getattr(args, option)
+        value = getattr(args, option, None)  # evolm train and compare take only some of the options
         if value is not None:
             overrides.append((key, value))
     return overrides
@@ -282,16 +340,27 @@ def _positive_number(text, option, kind=float):
 
 
 def command_compare(args) -> int:
-    methods = parse_methods(args.methods)
     seeds = _positive_number(args.seeds, "--seeds", int)
     budget_seconds = _positive_number(args.budget_seconds, "--budget-seconds") if args.budget_seconds else None
     budget_tokens = _positive_number(args.budget_tokens, "--budget-tokens", int) if args.budget_tokens else None
-    overrides = [parse_assignment(item) for item in args.overrides]
-    if args.init:
-        overrides.append(("model.init", args.init))
-    build_config(overrides=overrides)  # a bad override fails here, before any run starts
-    compare(methods, args.out, seeds, budget_seconds, budget_tokens, overrides)
+    overrides = _overrides_from_args(args)
+    config = build_config(overrides=overrides)  # a bad override (an unknown task) fails here, before any run starts
+    if uses_task(config):  # tuned methods on the task's reward, judged on held-out prompts
+        methods = parse_task_methods(args.methods)
+        compare_tasks(methods, args.out, seeds, budget_seconds, budget_tokens, overrides, not args.no_tune)
+    else:
+        methods = parse_methods(args.methods or "es,ga,hybrid,pbt,adam,reinforce,mezo")
+        compare(methods, args.out, seeds, budget_seconds, budget_tokens, overrides)
     print(Path(args.out, "compare.md").read_text())
+    return 0
+
+
+def command_train(args) -> int:
+    config = build_config(args.config, _overrides_from_args(args))
+    steps = _positive_number(args.steps or "1000", "--steps", int) if not args.budget_seconds or args.steps else None
+    seconds = _positive_number(args.budget_seconds, "--budget-seconds") if args.budget_seconds else None
+    learning_rate = _positive_number(args.learning_rate, "--learning-rate")
+    run_adam(config, args.out, seconds, steps=steps, learning_rate=learning_rate, overwrite=args.overwrite)
     return 0
 
 
@@ -304,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             "sample": command_sample,
             "plot": command_plot,
             "compare": command_compare,
+            "train": command_train,
         }
         return commands[args.command](args)
     except UsageError as error:

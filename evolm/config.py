@@ -8,20 +8,19 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
-import tomllib
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evolm.config_io import apply_mapping, load_toml, set_dotted
 from evolm.errors import UsageError
 from evolm.fitness import validate_fitness_config
 from evolm.genome import GENOMES
 from evolm.models import MODEL_NAMES
 from evolm.refine import validate_refine_config
 from evolm.strategies import STRATEGIES
+from evolm.tasks import validate_task_config
 
 
 @dataclass
@@ -97,6 +96,24 @@ class FitnessConfig:
     margin: float = 1.0  # m in the margin term max(0, m + s_n - s_p)
 
 
+@dataclass
+class TaskConfig:
+    """A task (evolm.tasks): prompts and a reward without a gradient instead of the corpus fitness terms."""
+
+    name: str = ""  # "" = no task; self-feedback | arithmetic | python-lines | reward (a user's: task.reward)
+    reward: str = ""  # module:function (or path/file.py:function) of a user's reward; sets name = "reward"
+    prompts: str = ""  # a user's reward: a file of prompts, one per line; "" = windows of the corpus
+    seed: int = 0  # the task's data (prompts, generated corpus) come from this seed, not the run's
+    batch: int = 32  # prompts every individual answers per generation: the same for all (common random numbers)
+    heldout: int = 0  # held-out prompts the report scores (0: the task's whole held-out split)
+    new_tokens: int = 0  # longest completion in tokens (0: the task's own)
+    decoding: str = "greedy"  # greedy | sample (seeded, at fitness.temperature)
+    normalise: str = "zscore"  # rewards per prompt across the population: zscore | ranks | none
+    fitness: str = "reward"  # what evolution maximises: reward | partial (partial credit) | logprob (of the answer)
+    diversity: float = 1.0  # self-feedback: weight of the diversity term (nats per unit of diversity share)
+    kl_sequences: int = 16  # held-out corpus windows the KL drift from the initial model is measured on
+
+
 EVALUATOR_BACKENDS = ("ray", "threads")
 
 
@@ -169,104 +186,10 @@ class RunConfig:
     fitness: FitnessConfig = field(default_factory=FitnessConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _coerce(value: Any, expected: Any, key: str) -> Any:
-    """Convert ``value`` (from TOML or a ``--set`` string) to the field's type, or raise UsageError."""
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        options = [t for t in typing.get_args(expected) if t is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        expected = options[0]
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise UsageError(f"config field {key} must be true or false, got {value!r}")
-    if expected is int:
-        if isinstance(value, bool):
-            raise UsageError(f"config field {key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise UsageError(f"config field {key} must be an integer, got {value!r}")
-    if expected is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UsageError(f"config field {key} must be a number, got {value!r}")
-    if expected is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise UsageError(f"config field {key} must be a string, got {value!r}")
-    raise UsageError(f"config field {key} has an unsupported type")  # pragma: no cover
-
-
-def apply_mapping(target, mapping: dict, prefix: str = "") -> None:
-    types_ = _field_types(type(target))
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if key not in types_:
-            raise UsageError(f"unknown config key {dotted}")
-        current = getattr(target, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise UsageError(f"config field {dotted} must be a table of settings, got {value!r}")
-            apply_mapping(current, value, prefix=f"{dotted}.")
-        else:
-            setattr(target, key, _coerce(value, types_[key], dotted))
-
-
-def set_dotted(config: RunConfig, key: str, value: Any) -> None:
-    """Set ``config.<key>`` from a dotted path such as ``model.width``, coercing the value's type."""
-    target: Any = config
-    parts = key.split(".")
-    for depth, part in enumerate(parts[:-1]):
-        child = getattr(target, part, None) if part in _field_types(type(target)) else None
-        if not dataclasses.is_dataclass(child):
-            raise UsageError(f"unknown config key {'.'.join(parts[: depth + 1])}")
-        target = child
-    apply_mapping(target, {parts[-1]: value}, prefix=".".join(parts[:-1]) + "." if len(parts) > 1 else "")
-
-
-def parse_assignment(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise UsageError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), value.strip()
-
-
-def load_toml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"config file {path} is a folder, not a TOML file") from None
-    except OSError as error:
-        raise UsageError(f"config file {path} cannot be read: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"config file {path} is not valid TOML: {error}") from None
 
 
 def build_config(toml_path: str | Path | None = None, overrides: Sequence[tuple[str, Any]] = ()) -> RunConfig:
@@ -371,6 +294,7 @@ def validate(config: RunConfig) -> None:
         )
 
     validate_fitness_config(config)
+    validate_task_config(config)
 
     if config.genome.name not in GENOMES:
         raise UsageError(

@@ -59,6 +59,7 @@ from evolm.rundir import (
 )
 from evolm.sampling import load_run_config, printable, sample_from_worker
 from evolm.strategies import make_strategy
+from evolm.tasks.fitness import PromptScores, finish_prompt_scores, task_summary
 
 # Fields that differ between runs of the same config and seed: the clock, and what the clock decides
 # (an auto cadence checkpoints by time; a checkpoint's state.json holds wall_seconds).
@@ -71,11 +72,19 @@ def step_generation(strategy, evaluator, generation: int) -> tuple[dict, int]:
     and send the strategy's update to every worker. Returns (strategy metrics, individuals evaluated)."""
     population = strategy.ask(generation)
     invalid = [individual for individual in population if not individual.fitness.valid]
-    # Novelty (a population-level term) is added here, once every individual's profile is in.
-    fitnesses, novelty = with_novelty(evaluator.evaluate(invalid, strategy.context_generation(generation)))
+    # Population-level parts are finished here, once every individual's result is in: novelty, and a
+    # task's rewards normalised per prompt across the population.
+    results = evaluator.evaluate(invalid, strategy.context_generation(generation))
+    task_metrics: dict = {}
+    novelty = None
+    if results and isinstance(results[0], PromptScores):
+        fitnesses, task_metrics = finish_prompt_scores(results)
+    else:
+        fitnesses, novelty = with_novelty(results)
     for individual, fitness in zip(invalid, fitnesses):
         individual.fitness.values = fitness
     metrics, update = strategy.tell(population, generation)
+    metrics.update(task_metrics)
     if novelty is not None:
         metrics["novelty_mean"] = float(np.mean(novelty))  # the share in [0, 1], not in nats
     evaluator.apply_update(update)
@@ -256,6 +265,9 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         f"({len(worker.corpus.train):,} train / {len(worker.corpus.val):,} validation tokens), "
         f"strategy {strategy.name}, population {config.strategy.population_size}, output {out_dir}"
     )
+    if checkpoint is None and hasattr(worker.fitness, "examples"):  # a task: show what the reward will move
+        log(f"evolm: task {config.task.name or 'reward'}, held-out reward {report_initial['reward']:.3f}; before:")
+        log(worker.fitness.examples(worker.model))
     cadence = CheckpointCadence(config.checkpoint_every)
     checkpoint_cost = {"checkpoint_bytes": 0, "checkpoint_seconds": 0.0}  # since the previous line
     last_checkpoint = checkpoint_cost  # the run's final checkpoint, for summary.json
@@ -339,6 +351,7 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         **{f"last_{k}": v for k, v in last_checkpoint.items()},
         **{f"{k}_initial": v for k, v in report_initial.items()},
         **{f"{k}_final": metrics.get(k) for k in report_initial},
+        **task_summary(config, metrics),
         "run_dir": str(out_dir),
     }
     write_json(out_dir / "summary.json", summary)
@@ -361,6 +374,11 @@ def _finish(out_dir: Path, summary: dict, config, log, worker, best_genes) -> No
     # The driver's worker with the final genes applied holds exactly the saved weights: sampling
     # from it reads no file and builds no second model (a model-sized copy at the end of every run).
     unit = "bytes" if config.model.name in MODEL_NAMES else "tokens"  # hf:PATH or an API module: its own tokenizer
+    if hasattr(worker.fitness, "examples"):  # a task: the same held-out prompts as before the run
+        with worker.applied(best_genes) as model:
+            log(f"evolm: held-out reward {summary['reward_initial']:.3f} -> {summary['reward_final']:.3f}; after:")
+            log(worker.fitness.examples(model))
+        return
     sample = sample_from_worker(worker, best_genes, tokens=200, temperature=0.8, seed=config.seed)
     if sample is not None:  # None: a fitness-function run without text has nothing to write with
         log(f"evolm: sample (200 {unit}, temperature 0.8):\n" + printable(sample))

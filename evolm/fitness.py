@@ -144,8 +144,8 @@ def parse_terms(text: str) -> list[tuple[str, float]]:
 
 def objective_count(config) -> int:
     """Objectives a run's fitness returns: one per term of non-zero weight for nsga2, else one (the weighted sum)."""
-    if config.strategy.name != "nsga2":
-        return 1
+    if config.strategy.name != "nsga2" or config.task.name or config.task.reward:
+        return 1  # a task's fitness is one value (its reward, normalised per prompt)
     return sum(1 for _, weight in parse_terms(config.fitness.terms) if weight > 0)
 
 
@@ -186,7 +186,7 @@ class FitnessContext:
     reference_real_score: float | None = None  # s_p of the frozen reference scorer, the same for everyone
 
 
-def _generation_forward_tokens(prompt_tokens: int, new_tokens: int, context: int | None) -> int:
+def generation_forward_tokens(prompt_tokens: int, new_tokens: int, context: int | None) -> int:
     """Tokens one row of cached generation encodes: the prefill, one per step, and GPT cache rebuilds."""
     window = prompt_tokens if context is None else min(prompt_tokens, context)
     total = window
@@ -271,7 +271,7 @@ class Fitness:
         if self.needs_generation:
             rows = context.prompts.shape[0]
             length = context.prompts.shape[1]
-            total += rows * _generation_forward_tokens(length, self.generate_tokens, self.context_length)
+            total += rows * generation_forward_tokens(length, self.generate_tokens, self.context_length)
             if self.names & {"self", "margin"}:
                 scored = length + self.generate_tokens
                 if self.context_length is not None:

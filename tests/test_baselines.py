@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from evolm.baselines import BASELINES, TokenEnvironment
 from evolm.baselines.mezo import perturb, perturbation_genome
 from evolm.baselines.reinforce import rewards_to_go
-from evolm.config import build_config, config_from_dict, load_toml
+from evolm.config import build_config, config_from_dict
+from evolm.config_io import load_toml
 from evolm.data import Corpus
 from evolm.errors import UsageError
 from evolm.models import build_model

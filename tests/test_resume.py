@@ -105,7 +105,8 @@ IN_PROCESS = {
 
 
 def in_process_config(strategy):
-    from evolm.config import build_config, parse_assignment
+    from evolm.config import build_config
+    from evolm.config_io import parse_assignment
 
     settings = [
         "model.width=32",
@@ -247,7 +248,7 @@ def test_scoped_torch_seed_seeds_only_inside_and_never_reseeds_cuda():
 def test_each_line_reports_the_checkpoint_written_since_the_line_before(tmp_path):
     from evolm import engine
     from evolm.checkpoint import load_checkpoint
-    from evolm.config import set_dotted
+    from evolm.config_io import set_dotted
 
     config = in_process_config("es")
     set_dotted(config, "generations", 4)
