@@ -533,3 +533,28 @@ def test_cli_joins_a_two_node_cluster(tmp_path, monkeypatch):
     finally:
         stop_nodes(processes)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_task_on_ray_gives_the_same_metrics_as_in_process(ray_runtime, tmp_path):
+    """Tasks normalise rewards per prompt on the driver: actors send per-prompt values, nothing else differs."""
+    extra = [("task.name", "arithmetic"), ("task.batch", "8"), ("task.heldout", "32"), ("generations", "3")]
+    local = run_engine(tiny_config(extra=extra), tmp_path / "local")
+    rows = run_engine(tiny_config(workers=2, extra=extra), tmp_path / "ray")
+    assert comparable(rows) == comparable(local)
+    assert all("reward" in row and "train_reward" in row for row in rows)
+
+
+def test_a_reward_callable_reaches_every_actor(ray_runtime, tmp_path):
+    """evolve(reward=callable) on Ray: the function is shipped to the actors; the same metrics as in-process."""
+    import evolm
+
+    settings = dict(TINY_OVERRIDES)
+    settings.update({"generations": "2", "task.batch": "8", "task.heldout": "16"})
+    overrides = [f"{key}={value}" for key, value in settings.items()]
+    ends_in_e = lambda prompts, completions: [float(c.endswith("e")) for c in completions]  # noqa: E731
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"workers{workers}"
+        evolm.evolve("gpt", reward=ends_in_e, overrides=overrides, workers=workers, out=out, log=lambda *a: None)
+        runs[workers] = read_metrics(out)
+    assert comparable(runs[2]) == comparable(runs[0])
