@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from conftest import TINY, read_metrics, run_cli, without_wall_clock
 
+from evolm.config import build_config
+from evolm.engine import run
 from evolm.tasks.fitness import PromptScores, finish_prompt_scores
 
 # A tiny model with room for a prompt and its completion; few prompts per generation to stay fast.
@@ -76,29 +78,37 @@ def test_evolm_run_on_a_task_reports_reward_drift_and_examples(start_point, tmp_
     assert "before:" in result.stdout and "after:" in result.stdout and "+" in result.stdout
 
 
+def _engine_run(start_point, out, *extra):
+    """The same run in this process (no interpreter start-up): ``extra`` are (key, value) overrides."""
+    settings = [
+        (TINY[i + 1].split("=", 1)[0], TINY[i + 1].split("=", 1)[1]) for i, f in enumerate(TINY) if f == "--set"
+    ]
+    settings += [("strategy.population_size", "16"), ("generations", "3"), ("task.name", "arithmetic")]
+    settings += [("task.batch", "8"), ("task.heldout", "64"), ("model.init", str(start_point)), *extra]
+    summary = run(build_config(overrides=settings), out_dir=out, progress=False, log=lambda *args: None)
+    return summary, read_metrics(out)
+
+
 def test_the_same_seed_repeats_and_threads_match_in_process(start_point, tmp_path):
-    first = _task_run(start_point, tmp_path / "a")
-    again = _task_run(start_point, tmp_path / "b")
-    threads = _task_run(start_point, tmp_path / "c", "--workers", "2", "--backend", "threads")
-    assert first.returncode == again.returncode == threads.returncode == 0, threads.stderr
-    expected = without_wall_clock(read_metrics(tmp_path / "a"))
-    assert without_wall_clock(read_metrics(tmp_path / "b")) == expected
+    _, expected = _engine_run(start_point, tmp_path / "a")
+    _, again = _engine_run(start_point, tmp_path / "b")
+    _, threads = _engine_run(start_point, tmp_path / "c", ("evaluator.workers", "2"), ("evaluator.backend", "threads"))
+    assert without_wall_clock(again) == without_wall_clock(expected)
     ignore = lambda rows: [{k: v for k, v in r.items() if not k.startswith("evaluator_")} for r in rows]  # noqa: E731
-    assert ignore(without_wall_clock(read_metrics(tmp_path / "c"))) == ignore(expected)
+    assert ignore(without_wall_clock(threads)) == ignore(without_wall_clock(expected))
 
 
 @pytest.mark.parametrize(
     "strategy, fitness", [("ga", "partial"), ("cmaes", "logprob"), ("nsga2", "reward"), ("pbt", "reward")]
 )
 def test_every_strategy_runs_a_task(start_point, tmp_path, strategy, fitness):
-    extra = ["--strategy", strategy, "--set", f"task.fitness={fitness}", "--population-size", "4"]
+    extra = [("strategy.name", strategy), ("task.fitness", fitness), ("strategy.population_size", "4")]
     if strategy == "pbt":
-        extra += ["--set", "strategy.pbt_steps=2"]
-    result = _task_run(start_point, tmp_path / "run", *extra)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["task_fitness"] == fitness
+        extra.append(("strategy.pbt_steps", "2"))
+    summary, rows = _engine_run(start_point, tmp_path / "run", *extra)
+    assert summary["task_fitness"] == fitness and len(rows) == 3
     assert summary["task_normalise"] == ("zscore" if strategy == "cmaes" else "none")
+    assert all(math.isfinite(row["reward"]) for row in rows)
 
 
 def test_a_users_reward_from_a_file_with_prompts(tmp_path):
