@@ -17,8 +17,9 @@ from evolm.config_io import parse_assignment
 from evolm.engine import resume, run
 from evolm.errors import UsageError
 from evolm.plot import plot_run
-from evolm.sampling import printable, sample_text
+from evolm.sampling import sample_text
 from evolm.tasks.fitness import uses_task
+from evolm.textstats import printable
 
 EXIT_USAGE = 2
 

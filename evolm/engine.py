@@ -57,9 +57,10 @@ from evolm.rundir import (
     toml_ready,
     write_json,
 )
-from evolm.sampling import load_run_config, printable, sample_from_worker
+from evolm.sampling import load_run_config, sample_from_worker
 from evolm.strategies import make_strategy
 from evolm.tasks.fitness import PromptScores, finish_prompt_scores, task_summary
+from evolm.textstats import printable
 
 # Fields that differ between runs of the same config and seed: the clock, and what the clock decides
 # (an auto cadence checkpoints by time; a checkpoint's state.json holds wall_seconds).

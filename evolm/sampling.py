@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import tomllib
-import unicodedata
 from pathlib import Path
 
 import torch
@@ -88,17 +87,6 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None):
         )
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def printable(text: str) -> str:
-    """``text`` safe for a terminal: control characters other than newline and tab (an ESC a young model
-    sampled, say) become U+FFFD, so model output can never drive the terminal."""
-    return "".join(
-        c
-        if c in "\n\t" or not unicodedata.category(c).startswith("C") or unicodedata.category(c) in ("Co", "Cn")
-        else "\ufffd"
-        for c in text
-    )
 
 
 def run_tokenizer(config):

@@ -13,6 +13,8 @@ per-generation report; the gradient baselines report distinct-2 with them too.
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 import torch
 
@@ -98,3 +100,14 @@ def novelty_scores(profiles: list) -> list[float]:
     for i, value in zip(present, means):
         scores[i] = float(value)
     return scores
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters other than newline and tab (an ESC a young model
+    sampled, say) become U+FFFD, so model output can never drive the terminal."""
+    return "".join(
+        c
+        if c in "\n\t" or not unicodedata.category(c).startswith("C") or unicodedata.category(c) in ("Co", "Cn")
+        else "\ufffd"
+        for c in text
+    )

@@ -80,7 +80,7 @@ def test_time_major_lstm_with_adapter_lowers_validation_loss(tmp_path, corpus):
 
 
 def test_custom_module_run_samples_its_final_model_once_through_the_worker(tmp_path, corpus):
-    from evolm.sampling import printable
+    from evolm.textstats import printable
 
     settings = dict(TINY, generations=2)
     messages = []

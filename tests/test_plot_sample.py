@@ -12,7 +12,8 @@ from evolm.config import build_config
 from evolm.errors import UsageError
 from evolm.models import build_model
 from evolm.plot import plot_run, read_metrics
-from evolm.sampling import load_run_model, printable, sample_text
+from evolm.sampling import load_run_model, sample_text
+from evolm.textstats import printable
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from evolm.data import Corpus
-from evolm.sampling import printable
 from evolm.seeding import derive_seed
 from evolm.tasks.runtime import TaskRuntime
+from evolm.textstats import printable
 
 NORMALISING_STRATEGIES = ("es", "cmaes")
 
