@@ -1,5 +1,6 @@
 """``evolm compare``: evolution and gradient baselines side by side on the same corpus, model,
-initial weights and budget (wall seconds or forward tokens), over several seeds.
+initial weights and budget (wall seconds or forward tokens), over several seeds. With a task
+(``--task``, ``--reward``) :mod:`evolm.compare_tasks` runs instead, on this module's runner.
 
 Each (method, seed) runs in its own subprocess, so its peak memory is its own. Writes
 ``compare.md`` (a table), ``compare.json`` (the same rows) and ``compare.png`` (validation loss
@@ -44,9 +45,12 @@ EVOLUTION = {
     "ga": [("strategy.name", "ga"), ("genome.name", "seed"), ("strategy.sigma", "0.02")],
     "hybrid": [("strategy.name", "es"), ("refine.every", "5"), ("refine.steps", "10")],
     "pbt": [("strategy.name", "pbt"), ("strategy.population_size", "4")],
+    "cmaes": [("strategy.name", "cmaes")],
 }
-BASELINE_NAMES = ("adam", "reinforce", "mezo")
+BASELINE_NAMES = tuple(BASELINES)
 METHODS = (*EVOLUTION, *BASELINE_NAMES)
+# Baselines that maximise a task's reward: without a task they have nothing to optimise.
+TASK_ONLY = ("grpo", "rloo")
 # A self-feedback term, if the user turns one on, is scored by the frozen initial model, as reinforce's reward is.
 COMMON = [("fitness.scorer", "reference"), ("generations", "1000000")]
 # What each column of the table and of compare.json's rows means: written into compare.json.
@@ -63,44 +67,77 @@ COLUMNS = {
 }
 
 
-def parse_methods(text: str) -> list[str]:
+def parse_methods(text: str, allowed=METHODS, task: bool = False) -> list[str]:
+    """The comma-separated ``--methods``, each checked against ``allowed``; without a task, no task-only baseline."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
     for method in methods:
         if method not in METHODS:
-            raise UsageError(f"--methods: unknown method {method!r} (choose from {', '.join(METHODS)})")
+            raise UsageError(f"--methods: unknown method {method!r} (choose from {', '.join(allowed)})")
+        if method not in allowed:
+            raise UsageError(f"--methods: {method} cannot run a task (task methods: {', '.join(allowed)})")
+        if method in TASK_ONLY and not task:
+            raise UsageError(f"--methods: {method} optimises a task's reward and needs --task NAME or --reward")
     if not methods:
         raise UsageError("--methods names no method")
     return methods
 
 
-def run_one(method: str, seed: int, out_dir: Path, overrides, budget_seconds, budget_tokens) -> dict:
-    """Run one method and seed in this process; returns its summary (with peak_rss_mb)."""
+def run_one(
+    method: str, seed: int, out_dir: Path, overrides, budget_seconds, budget_tokens, settings: dict | None = None
+) -> dict:
+    """Run one method and seed in this process; returns its summary (with peak_rss_mb).
+
+    ``settings``: the method's own settings on top of everything else, e.g. a tuned value; a dotted key
+    (``strategy.sigma``) is a config override after the method's, a plain one (``learning_rate``) a
+    baseline's keyword option."""
 
     def quiet(*args) -> None:
         """The child's output is its summary line alone."""
 
-    settings = [*COMMON, *overrides, ("seed", seed)]
+    settings = settings or {}
+    config_settings = [*COMMON, *overrides, ("seed", seed), *EVOLUTION.get(method, [])]
+    config_settings += [(key, value) for key, value in settings.items() if "." in key]
+    options = {key: value for key, value in settings.items() if "." not in key}
     if method in EVOLUTION:
-        settings += [*EVOLUTION[method], ("budget_seconds", budget_seconds or 0), ("budget_tokens", budget_tokens or 0)]
-        summary = run(build_config(overrides=settings), out_dir, progress=False, log=quiet)
+        config_settings += [("budget_seconds", budget_seconds or 0), ("budget_tokens", budget_tokens or 0)]
+        summary = run(build_config(overrides=config_settings), out_dir, progress=False, log=quiet)
         summary["peak_rss_mb"] = peak_rss_mb()
     else:
         summary = BASELINES[method](
-            build_config(overrides=settings),
+            build_config(overrides=config_settings),
             out_dir,
             budget_seconds=budget_seconds,
             budget_tokens=budget_tokens,
             log=quiet,
+            **options,
         )
     return summary
 
 
 def _child(argv: list[str]) -> None:
     method, seed, out_dir, spec = argv[0], int(argv[1]), Path(argv[2]), json.loads(argv[3])
+    overrides = [tuple(p) for p in spec["overrides"]]
     summary = run_one(
-        method, seed, out_dir, [tuple(p) for p in spec["overrides"]], spec["budget_seconds"], spec["budget_tokens"]
+        method, seed, out_dir, overrides, spec["budget_seconds"], spec["budget_tokens"], spec.get("settings")
     )
     print("EVOLM-SUMMARY " + json.dumps(summary, default=str))
+
+
+def run_in_child(method: str, seed: int, run_dir: Path, spec: dict) -> tuple[dict | None, str | None]:
+    """Run one (method, seed) in its own process (:func:`run_one`), so its peak memory is its own.
+
+    ``spec``: ``overrides``, ``budget_seconds``, ``budget_tokens`` and optionally ``settings``.
+    Returns (summary, None), or (None, the last line of the child's error output)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "evolm.compare", "--child", method, str(seed), str(run_dir), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("EVOLM-SUMMARY ")]
+    if result.returncode != 0 or not lines:
+        return None, (result.stderr.strip().splitlines() or ["no output"])[-1]
+    return json.loads(lines[-1][len("EVOLM-SUMMARY ") :]), None
 
 
 class Judge:
@@ -141,11 +178,13 @@ class Judge:
         return self._figures(load_run_model(run_dir).to(self.worker.device))
 
 
-def _curve(run_dir: Path) -> list[dict]:
+def metrics_curve(run_dir: Path, column: str = "val_loss") -> list[dict]:
+    """A run's ``column`` per metrics line, with its wall seconds and forward tokens (lines without it skipped)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [
-        {"wall_seconds": r["wall_seconds"], "forward_tokens": r["forward_tokens"], "val_loss": r["val_loss"]}
+        {"wall_seconds": r["wall_seconds"], "forward_tokens": r["forward_tokens"], column: r[column]}
         for r in rows
+        if r.get(column) is not None
     ]
 
 
@@ -164,9 +203,7 @@ def compare(
     if (out_dir / "compare.json").exists():
         raise UsageError(f"output folder {out_dir} already holds a comparison; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = json.dumps(
-        {"overrides": [list(p) for p in overrides], "budget_seconds": budget_seconds, "budget_tokens": budget_tokens}
-    )
+    spec = {"overrides": [list(p) for p in overrides], "budget_seconds": budget_seconds, "budget_tokens": budget_tokens}
     rows: list[dict] = []
     curves: dict[str, list] = {}
     judges: dict = {}
@@ -175,19 +212,11 @@ def compare(
         for seed in range(seeds):
             run_dir = out_dir / f"{method}-seed{seed}"
             log(f"evolm compare: {method} seed {seed} ...")
-            result = subprocess.run(
-                [sys.executable, "-m", "evolm.compare", "--child", method, str(seed), str(run_dir), spec],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            lines = [line for line in result.stdout.splitlines() if line.startswith("EVOLM-SUMMARY ")]
-            if result.returncode != 0 or not lines:
+            summary, failure = run_in_child(method, seed, run_dir, spec)
+            if summary is None:
                 # One failing method never costs the others' results: it becomes a row saying why.
-                failure = (result.stderr.strip().splitlines() or ["no output"])[-1]
                 log(f"evolm compare: {method} seed {seed} failed: {failure}")
                 break
-            summary = json.loads(lines[-1][len("EVOLM-SUMMARY ") :])
             try:
                 if seed not in judges:
                     judges[seed] = Judge(overrides, seed)
@@ -197,7 +226,7 @@ def compare(
                 log(f"evolm compare: {method} seed {seed} failed: {failure}")
                 break
             summaries.append(summary)
-            curves.setdefault(method, []).append(_curve(run_dir))
+            curves.setdefault(method, []).append(metrics_curve(run_dir))
         if failure is not None:
             rows.append({"method": method, "error": failure})
             continue
@@ -214,10 +243,10 @@ def compare(
                 "method": method,
                 "val_loss_final": statistics.mean(finals),
                 "val_loss_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
-                "reference_score": _mean(judged("reference_score")),
-                "reference_score_std": _std(judged("reference_score")),
-                "self_score": _mean(judged("self_score")),
-                "distinct_2": _mean(judged("distinct_2")),
+                "reference_score": mean_or_nan(judged("reference_score")),
+                "reference_score_std": std_or_zero(judged("reference_score")),
+                "self_score": mean_or_nan(judged("self_score")),
+                "distinct_2": mean_or_nan(judged("distinct_2")),
                 "forward_tokens": mean("forward_tokens"),
                 "wall_seconds": mean("wall_seconds"),
                 "peak_rss_mb": max(float(s["peak_rss_mb"]) for s in summaries),
@@ -234,7 +263,9 @@ def compare(
         "new_tokens": REPORT_NEW_TOKENS,
         "sampling_seed": "derive_seed(seed, 'fitness-report'), the same for every method of a seed",
         # The initial model judging its own continuations: where every method starts.
-        "initial": {key: _mean([j.initial[key] for j in judges.values()]) for key in ("reference_score", "distinct_2")},
+        "initial": {
+            key: mean_or_nan([j.initial[key] for j in judges.values()]) for key in ("reference_score", "distinct_2")
+        },
     }
     if judges:
         config = next(iter(judges.values())).worker.fitness
@@ -248,7 +279,7 @@ def compare(
         "machine": machine(),
         "command": invoking_command(),
     }
-    (out_dir / "compare.json").write_text(json.dumps(_json_ready(document), indent=2) + "\n")
+    (out_dir / "compare.json").write_text(json.dumps(json_ready(document), indent=2) + "\n")
     (out_dir / "compare.md").write_text(markdown_table(rows, budget, seeds, judge["initial"]))
     plot_comparison(curves, out_dir / "compare.png")
     return rows
@@ -281,22 +312,22 @@ def invoking_command() -> str | None:
     return shlex.join(["evolm", *sys.argv[1:]])
 
 
-def _mean(values: list[float]) -> float:
+def mean_or_nan(values: list[float]) -> float:
     return statistics.mean(values) if values else math.nan
 
 
-def _std(values: list[float]) -> float:
+def std_or_zero(values: list[float]) -> float:
     return statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def _json_ready(value):
+def json_ready(value):
     """NaN (a diverged model's scores) as null, so compare.json stays strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
@@ -339,7 +370,8 @@ def markdown_table(rows: list[dict], budget: str, seeds: int, initial: dict | No
     return "\n".join(lines) + "\n"
 
 
-def plot_comparison(curves: dict, path: Path) -> None:
+def plot_comparison(curves: dict, path: Path, column: str = "val_loss", label: str = "validation loss (nats)") -> None:
+    """``column`` against wall time and against forward tokens: one colour per method, one line per seed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -349,16 +381,14 @@ def plot_comparison(curves: dict, path: Path) -> None:
     for number, (method, runs) in enumerate(curves.items()):
         color = f"C{number % 10}"  # one colour per method, shared by its seeds
         for index, curve in enumerate(runs):
-            label = method if index == 0 else None
-            by_time.plot([p["wall_seconds"] for p in curve], [p["val_loss"] for p in curve], color=color, label=label)
-            by_tokens.plot(
-                [p["forward_tokens"] for p in curve], [p["val_loss"] for p in curve], color=color, label=label
-            )
-    by_time.set(xlabel="wall seconds", ylabel="validation loss (nats)", title="against wall time")
-    by_tokens.set(
-        xlabel="forward tokens", ylabel="validation loss (nats)", title="against forward tokens", xscale="log"
-    )
-    by_time.legend()
+            name = method if index == 0 else None
+            values = [p[column] for p in curve]  # a marker per logged line: a short run may log once
+            by_time.plot([p["wall_seconds"] for p in curve], values, ".-", color=color, label=name)
+            by_tokens.plot([p["forward_tokens"] for p in curve], values, ".-", color=color, label=name)
+    by_time.set(xlabel="wall seconds", ylabel=label, title="against wall time")
+    by_tokens.set(xlabel="forward tokens", ylabel=label, title="against forward tokens", xscale="log")
+    if curves:  # an empty legend warns
+        by_time.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
