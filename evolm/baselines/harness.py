@@ -9,6 +9,12 @@ the seeded initialisation, or the trained weights of ``model.init``),
 stops at whichever budget comes first (wall seconds, forward tokens or steps) and writes the files of an
 evolution run (``config.toml``, ``metrics.jsonl``, ``summary.json``, ``model.safetensors``) with the
 helpers of :mod:`evolm.rundir`.
+
+With a task (``task.name`` or ``task.reward``, :func:`evolm.tasks.fitness.uses_task`) the run holds the
+task's :class:`~evolm.tasks.runtime.TaskRuntime` as ``run.task``, built on the initial model before
+any update: the corpus is the task's (arithmetic and python-lines bring their own text, so ``adam``
+with a task trains a start point on it), the frozen reference is the runtime's, and the report is the
+task's (held-out reward, ``kl_from_initial``, distinct-2), as in an evolution run with that task.
 """
 
 from __future__ import annotations
@@ -25,13 +31,24 @@ import tomli_w
 import torch
 
 from evolm.baselines.environment import TokenEnvironment, rollout
-from evolm.data import Corpus
+from evolm.data import ByteTokenizer, Corpus
 from evolm.errors import UsageError
 from evolm.fitness import mean_log_likelihood
 from evolm.models import build_initial_model, count_parameters, resolve_device
 from evolm.rundir import json_number, prepare_run_dir, save_model_file, toml_ready, write_json
 from evolm.seeding import torch_generator
+from evolm.tasks.fitness import task_summary, uses_task
+from evolm.tasks.runtime import TaskRuntime
 from evolm.textstats import distinct_n
+
+# How a baseline trains when it runs with a task (summary.json's task_fitness, task_normalise, task_decoding):
+# adam and mezo lower the task corpus's next-token loss, reinforce maximises the frozen model's score of
+# its samples; a baseline on the task's reward (grpo, rloo) sets ``run.task_training`` itself.
+TASK_TRAINING_OF_METHOD = {
+    "adam": {"task_fitness": "likelihood", "task_normalise": "none", "task_decoding": "none"},
+    "mezo": {"task_fitness": "likelihood", "task_normalise": "none", "task_decoding": "none"},
+    "reinforce": {"task_fitness": "self", "task_normalise": "batch-mean", "task_decoding": "sample"},
+}
 
 
 def peak_rss_mb() -> float:
@@ -72,7 +89,10 @@ class BaselineRun:
         log_every: int = 10,
         overwrite: bool = False,
         log=print,
+        before_start=None,
     ):
+        """``before_start(run)``: a baseline's own checks that need the model, corpus or task, called
+        before the run folder is written, so that a mistake it reports leaves nothing behind."""
         self.started = time.perf_counter()
         check_positive("budget_seconds", budget_seconds, allow_none=True)
         check_positive("budget_tokens", budget_tokens, allow_none=True)
@@ -89,10 +109,20 @@ class BaselineRun:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
-        self.corpus = Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
-        self.model = build_initial_model(config.model, config.seed).to(self.device)
+        self.task: TaskRuntime | None = None
+        self.task_training = dict(TASK_TRAINING_OF_METHOD.get(method, TASK_TRAINING_OF_METHOD["adam"]))
+        if uses_task(config):
+            # The runtime's frozen reference is a copy of the initial model: built before any update.
+            self.model = build_initial_model(config.model, config.seed).to(self.device)
+            self.task = TaskRuntime(config, self.model, ByteTokenizer(), self.device)
+            self.corpus = self.task.load_corpus()
+        else:
+            self.corpus = Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
+            self.model = build_initial_model(config.model, config.seed).to(self.device)
         self.val_batch = self.corpus.validation_batch(config.data.val_sequences).to(self.device)
         self._reference = None
+        if before_start is not None:
+            before_start(self)
         self.out_dir = prepare_run_dir(Path(out_dir), overwrite)
         (self.out_dir / "config.toml").write_text(tomli_w.dumps(toml_ready(config.to_dict())))
         self._metrics_file = (self.out_dir / "metrics.jsonl").open("w")
@@ -109,7 +139,10 @@ class BaselineRun:
     # -- the model and its scores ---------------------------------------------------------------
     @property
     def reference(self):
-        """A frozen copy of the initial model: the scorer of the self-feedback reward and report."""
+        """A frozen copy of the initial model: the scorer of the self-feedback reward and report (the task's own
+        copy in a task run; otherwise built on first use, so that adam and mezo hold one model)."""
+        if self.task is not None:
+            return self.task.reference
         if self._reference is None:
             self._reference = build_initial_model(self.config.model, self.config.seed).to(self.device).eval()
             self._reference.requires_grad_(False)
@@ -146,7 +179,17 @@ class BaselineRun:
         The scorer follows ``fitness.scorer`` as in an evolution run's report: the model judges itself
         (``self``, the default) or the frozen initial model judges (``reference``, and always for
         reinforce, whose reward it is). Only then is the frozen copy built, so adam and mezo hold one model.
-        ``evolm compare`` judges every method's final weights itself with the frozen initial model."""
+        ``evolm compare`` judges every method's final weights itself with the frozen initial model.
+
+        With a task, the task's report instead: held-out reward (greedy), ``kl_from_initial``, distinct-2."""
+        if self.task is not None:
+            if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+                return {"reward": math.nan, "kl_from_initial": math.nan, "distinct_2": math.nan}
+            training = self.model.training
+            self.model.eval()
+            figures = self.task.report(self.model)
+            self.model.train(training)
+            return figures
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             return {"self_score": math.nan, "distinct_2": math.nan}
         fitness = self.config.fitness
@@ -197,10 +240,11 @@ class BaselineRun:
             self.diverged = True
             self.log(f"evolm: {self.method} diverged at step {self.steps_done - 1} (non-finite weights); stopping")
 
-    def maybe_log(self, extra: dict | None = None, force: bool = False) -> None:
-        """Write a metrics line every ``log_every`` steps (and when ``force``, unless this step is logged)."""
+    def maybe_log(self, extra: dict | None = None, force: bool = False) -> bool:
+        """Write a metrics line every ``log_every`` steps (and when ``force``, unless this step is logged);
+        whether a line was written."""
         if not self._window or (not force and self.steps_done % self.log_every):
-            return
+            return False
         values = torch.tensor([f if math.isfinite(f) else math.nan for f in self._window], dtype=torch.float64)
         finite = values[~values.isnan()]
         best = finite.max().item() if finite.numel() else -math.inf
@@ -221,6 +265,7 @@ class BaselineRun:
         self.last_metrics = metrics
         self._metrics_file.write(json.dumps({k: json_number(v) for k, v in metrics.items()}) + "\n")
         self._metrics_file.flush()
+        return True
 
     def finish(self, options: dict, extra: dict | None = None) -> dict:
         """Log the last step if needed, save the weights, write ``summary.json`` and return it."""
@@ -244,6 +289,7 @@ class BaselineRun:
             "diverged": self.diverged,
             **{f"{k}_initial": v for k, v in self.report_initial.items()},
             **{f"{k}_final": last.get(k, v) for k, v in self.report_initial.items()},
+            **self.task_summary(),
             "peak_rss_mb": peak_rss_mb(),
             "options": options,
             "run_dir": str(self.out_dir),
@@ -255,6 +301,16 @@ class BaselineRun:
             f"{summary['val_loss_final']:.3f} nats; results in {self.out_dir}"
         )
         return summary
+
+    def task_summary(self) -> dict:
+        """summary.json's task fields, as an evolution run's (the task, the final ``kl_from_initial``), with what
+        the baseline trained on in place of evolution's fitness, normalisation and decoding, and the corpus it
+        read (none without a task)."""
+        if self.task is None:
+            return {}
+        final = {"kl_from_initial": self.last_metrics.get("kl_from_initial", self.report_initial["kl_from_initial"])}
+        summary = {**task_summary(self.config, final), "task": self.task.task.name, **self.task_training}
+        return {**summary, "corpus": self.corpus.source}  # "task arithmetic": the task's own text
 
     def announce(self, details: str) -> None:
         budget = ", ".join(
