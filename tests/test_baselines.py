@@ -106,8 +106,8 @@ def check_run_folder(folder, config, summary, method):
     )
 
 
-def test_registry_has_the_three_baselines():
-    assert set(BASELINES) == {"adam", "reinforce", "mezo"}
+def test_registry_has_every_baseline():
+    assert set(BASELINES) == {"adam", "reinforce", "mezo", "grpo", "rloo"}
 
 
 def test_adam_lowers_validation_loss(tiny_config, tmp_path):
