@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine  # noqa: E402
 
-from evolm.compare_tasks import TASK_METHODS, TUNING_SEED, verdict  # noqa: E402
+from evolm.compare_tasks import TASK_METHODS, TUNING_SEED, budget_warning, verdict  # noqa: E402
 from evolm.tasks import arithmetic  # noqa: E402
 
 SHIPPED_TASKS = ("self-feedback", "arithmetic", "python-lines")
@@ -101,6 +101,7 @@ def run_task(task: str, args, work: Path) -> dict:
         "sweep": document["sweep"],
         "winners": document["winners"],
         "verdict": verdict(document["rows"]),
+        "budget_warning": budget_warning(document),
         "seconds": round(time.perf_counter() - began, 1),
     }
 
@@ -141,7 +142,8 @@ def markdown(results: dict) -> str:
             )
     lines.append("")
     for task, entry in results["tasks"].items():
-        lines.append(f"- **{task}**: {entry.get('verdict') or entry.get('error')}")
+        warning = entry.get("budget_warning")
+        lines.append(f"- **{task}**: {entry.get('verdict') or entry.get('error')}" + (f" {warning}" if warning else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -1,28 +1,22 @@
 """``evolm compare --task NAME`` (or ``--reward module:function``): every method fine-tunes the same start
 on a task's reward, each tuned on the same small budget, then judged the same way on fresh seeds.
 
-The protocol (issue 15; the tuning rule follows Qiu et al. 2025, arXiv 2509.24372, who give ES and the
-RL baselines the same sweep budget):
+1. **Tuning** (the same sweep budget for ES and the RL baselines, as in Qiu et al. 2025, arXiv
+   2509.24372). Every method gets three values of its most sensitive setting (:data:`SWEEPS`: sigma for
+   evolution, the learning rate for the gradient methods), each run once on :data:`TUNING_SEED` with the
+   comparison's budget; the winner has the highest held-out reward (ties: the lower KL drift, then the
+   earlier value). ``--no-tune`` uses each sweep's middle value instead.
+2. **Comparison.** Each method runs its winner on ``--seeds K`` fresh seeds (1..K), each (method, seed)
+   in its own process (:func:`evolm.compare.run_in_child`), from the same ``--init`` weights, on the same
+   wall-clock or forward-token budget.
+3. **One judge** (:class:`TaskJudge`): the task's :class:`~evolm.tasks.runtime.TaskRuntime` rebuilt on
+   the start weights reports every run's final ``model.safetensors``: held-out reward with greedy
+   decoding, KL from the start on held-out corpus text, distinct-2 of the held-out completions.
 
-1. **Tuning.** Every method gets the same three values of its one most sensitive setting (:data:`SWEEPS`:
-   σ for evolution, the learning rate for the gradient methods), each run once on the tuning seed
-   (:data:`TUNING_SEED`) with the comparison's budget. The winner is the value with the highest held-out
-   reward (ties: the lower KL drift, then the earlier value). ``--no-tune`` skips this and uses each
-   sweep's middle value.
-2. **Comparison.** Each method runs with its winner on ``--seeds K`` fresh seeds (1..K, never the tuning
-   seed), each (method, seed) in its own process (:func:`evolm.compare.run_in_child`), from the same
-   ``--init`` weights and on the same wall-clock or forward-token budget.
-3. **One judge.** Compare rebuilds the task's :class:`~evolm.tasks.runtime.TaskRuntime` on the start
-   weights and reports every run's final ``model.safetensors`` with it (:class:`TaskJudge`): held-out
-   reward with greedy decoding, KL from the start on held-out corpus text, distinct-2 of the held-out
-   completions. Runs' own figures are not used, so no method can judge itself.
-
-The held-out prompts pick the winner of the sweep as they score the comparison (as the issue asks): the
-same for every method, but a selection on the test prompts, so the figures are slightly optimistic for
-all methods alike.
-
-Writes ``compare.json`` (rows, sweep, winners, budget, machine, command), ``compare.md`` (the table and
-the sweep) and ``compare.png`` (held-out reward against wall time and against forward tokens, every seed).
+The held-out prompts pick the sweep's winner as they score the comparison (as the issue asks): the same
+for every method, but a selection on the test prompts, slightly optimistic for all methods alike.
+Writes ``compare.json`` (rows, sweep, winners, budget, machine, command), ``compare.md`` and
+``compare.png`` (held-out reward against wall time and against forward tokens, every seed).
 """
 
 from __future__ import annotations
@@ -243,9 +237,12 @@ def compare_tasks(
     out_dir = Path(out_dir)
     if (out_dir / "compare.json").exists():
         raise UsageError(f"output folder {out_dir} already holds a comparison; choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
     runner = _Runner(overrides, budget_seconds, budget_tokens, log)
     fresh_seeds = list(range(TUNING_SEED + 1, TUNING_SEED + 1 + seeds))
+    # The judge first: a reward that cannot be imported, raises or returns NaN, or --init weights that do
+    # not fit, is one line before any run starts or anything is written.
+    runner.judge(TUNING_SEED if tune_methods else fresh_seeds[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     sweep: dict = {}
     winners: dict = {}
@@ -313,10 +310,10 @@ def verdict(rows: list[dict]) -> str:
     done = [r for r in rows if "error" not in r and r["reward"] is not None and math.isfinite(r["reward"])]
     if not done:
         return "No method finished."
-    ranked = sorted(done, key=lambda r: (-r["reward"], r["kl_from_initial"]))
+    ranked = sorted(done, key=_rank_key)
     best = ranked[0]
-    text = f"Best: {best['method']} (held-out reward {best['reward']:.3f} ± {best['reward_std']:.3f}"
-    text += f", KL drift {_number(best['kl_from_initial'])} nats)"
+    text = f"Best: {best['method']} (held-out reward {best['reward']:.3f} ± {_number(best['reward_std'])}"
+    text += f", KL drift {_number(best['kl_from_initial'], 4)} nats)"
     if len(ranked) > 1:
         text += f", {best['reward'] - ranked[1]['reward']:+.3f} ahead of {ranked[1]['method']}"
     text += "."
@@ -328,9 +325,21 @@ def verdict(rows: list[dict]) -> str:
         text += (
             f" Best evolution, {e['method']}, {outcome} the better of grpo/rloo, {g['method']}: "
             f"{e['reward']:.3f} against {g['reward']:.3f} ({e['reward'] - g['reward']:+.3f}), "
-            f"drift {_number(e['kl_from_initial'])} against {_number(g['kl_from_initial'])} nats."
+            f"drift {_number(e['kl_from_initial'], 4)} against {_number(g['kl_from_initial'], 4)} nats."
         )
     return text
+
+
+def budget_warning(document: dict) -> str:
+    """Rows whose runs did not get the budget they were given: overran a wall budget by a fifth (a long last
+    generation or step) or never took a step (setup and the first report ate it); empty when none."""
+    seconds = document.get("budget_seconds")
+    rows = [r for r in document["rows"] if "error" not in r]
+    over = [r["method"] for r in rows if seconds and r["wall_seconds"] > 1.2 * seconds]
+    idle = [r["method"] for r in rows if not r["forward_tokens"]]
+    parts = [f"overran the {seconds:g} s budget by more than 20%: {', '.join(over)}"] if over else []
+    parts += [f"took no step within the budget: {', '.join(idle)}"] if idle else []
+    return f"Unequal budgets — {'; '.join(parts)}." if parts else ""
 
 
 def task_markdown(document: dict) -> str:
@@ -367,15 +376,15 @@ def task_markdown(document: dict) -> str:
             f"| {r['wall_seconds']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
     lines += ["", verdict(document["rows"])]
+    warning = budget_warning(document)
+    lines += ["", warning] if warning else []
     if document["sweep"]:
         lines += ["", "Sweep (tuning seed; held-out reward per value, * the winner):", ""]
         lines += ["| method | setting | values |", "|---|---|---|"]
         for method, entries in document["sweep"].items():
             chosen = document["winners"].get(method, {}).get("value")
             cells = [
-                f"{e['value']:g}: "
-                + ("failed" if "error" in e else _number(e["reward"]))
-                + (" *" if e["value"] == chosen else "")
+                f"{e['value']:g}: {'failed' if 'error' in e else _number(e['reward'])}{' *' if e['value'] == chosen else ''}"
                 for e in entries
             ]
             lines.append(f"| {method} | {SWEEPS[method][0]} | {'; '.join(cells)} |")

@@ -157,3 +157,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, arguments, message):
 def test_every_task_method_has_a_three_value_sweep():
     assert set(SWEEPS) == set(TASK_METHODS)
     assert all(len(values) == 3 and list(values) == sorted(values) for _, values in SWEEPS.values())
+
+
+def test_a_reward_that_fails_stops_before_any_run(tmp_path):
+    """The judge is built first: a reward returning NaN is one line, exit 2, and no output folder."""
+    module = tmp_path / "rewards.py"
+    module.write_text("def nan(prompts, completions):\n    return [float('nan')] * len(completions)\n")
+    out = tmp_path / "cmp"
+    result = run_cli("compare", "--reward", f"{module}:nan", "--budget-seconds", "2", "--out", str(out), *SETTINGS)
+    assert result.returncode == 2, result.stderr
+    assert "returned nan" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists()
