@@ -136,8 +136,10 @@ def test_self_feedback_reward_is_reference_plus_one_diversity_term():
     values = reward(prompts, diverse)
     bonus = 0.5 * math.log(256) * diversity_score([list(c.encode()) for c in diverse])
     assert values == pytest.approx([-7 + bonus, -9 + bonus, -3 + bonus])
-    collapsed = reward(prompts, ["aaaaaaa"] * 3)  # one string for every prompt
-    assert max(collapsed) < min(values) + 7 - 3  # same lengths would score better when diverse
+    # Collapsing onto one string loses to different answers that the scorer likes as much.
+    same_score = SelfFeedbackReward(lambda p, c: [-1.0] * len(c), diversity=1.0)
+    collapsed, different = same_score(prompts, ["the cat"] * 3), same_score(prompts, diverse)
+    assert len(set(collapsed)) == 1 and max(collapsed) < min(different)
     assert SelfFeedbackReward(negative_length, 0.0)(prompts, diverse) == [-7.0, -9.0, -3.0]
     with pytest.raises(RuntimeError, match="frozen initial model"):
         SelfFeedbackReward(None, 1.0)(prompts, diverse)
