@@ -129,13 +129,17 @@ def test_python_lines_reward_task_and_real_line_check():
 
 
 # -- self-feedback -----------------------------------------------------------------------------------
-def test_self_feedback_reward_is_reference_plus_one_diversity_term():
+def test_self_feedback_reward_is_reference_plus_own_and_shared_diversity():
     reward = SelfFeedbackReward(negative_length, diversity=0.5)
     prompts = ["a", "b", "c"]
     diverse = ["the cat", "a dog ran", "xyz"]
     values = reward(prompts, diverse)
-    bonus = 0.5 * math.log(256) * diversity_score([list(c.encode()) for c in diverse])
-    assert values == pytest.approx([-7 + bonus, -9 + bonus, -3 + bonus])
+    shared = diversity_score([list(c.encode()) for c in diverse])
+    bonuses = [0.5 * math.log(256) * (diversity_score([list(c.encode())]) + shared) / 2 for c in diverse]
+    assert values == pytest.approx([-7 + bonuses[0], -9 + bonuses[1], -3 + bonuses[2]])
+    # Within one call (a group of completions of one prompt), a looping completion scores lower.
+    looped, varied = SelfFeedbackReward(lambda p, c: [-1.0] * len(c), 1.0)(["a", "a"], ["abababab", "abcdefgh"])
+    assert looped < varied
     # Collapsing onto one string loses to different answers that the scorer likes as much.
     same_score = SelfFeedbackReward(lambda p, c: [-1.0] * len(c), diversity=1.0)
     collapsed, different = same_score(prompts, ["the cat"] * 3), same_score(prompts, diverse)

@@ -6,12 +6,16 @@ that reward is won by collapsing onto one string the model already likes; here t
 *frozen initial* model (the reference scorer of :mod:`evolm.tasks.runtime`), and a diversity term
 makes a population that writes the same thing for every prompt score worse:
 
-    reward_i = reference(prompts, completions)[i] + diversity * ln(256) * diversity_score(completions)
+    reward_i = reference(prompts, completions)[i]
+               + diversity * ln(256) * (diversity_score(completion_i) + diversity_score(completions)) / 2
 
 ``diversity_score`` (:mod:`evolm.textstats`: mean of distinct-1..4 and 1 - repetition rate, in
-[0, 1]) is computed over *all* the completions of one call as byte sequences, so the term is the same
-for every pair in a call: it rewards a model whose answers differ across prompts, not any one answer.
-Scaled by ln(256), the log-likelihood of a uniform byte, one unit of diversity share is worth as much
+[0, 1]) is taken twice, on byte sequences: of the completion alone (a completion that loops on one
+word scores low) and of *all* the completions of one call (the same for every pair in a call: it
+rewards a model whose answers differ across prompts). The first half gives a policy-gradient
+method's group of completions of one prompt a signal against loops, which a term shared by the whole
+call cannot (its group baseline subtracts it); the second half is what stops a population from
+writing the same string for every prompt. Scaled by ln(256), the log-likelihood of a uniform byte, one unit of diversity share is worth as much
 as going from a uniform guess to a certain one; ``task.diversity`` weighs it (0 turns it off).
 
 Prompts are windows of :data:`WINDOW_CHARACTERS` characters of the configured corpus (the embedded
@@ -71,11 +75,13 @@ class SelfFeedbackReward:
         self.reference = reference
         self.diversity = float(diversity)
 
-    def diversity_bonus(self, completions: list[str]) -> float:
-        """diversity * ln(256) * diversity_score of all completions as bytes: the same for every pair."""
+    def diversity_bonus(self, completions: list[str]) -> list[float]:
+        """diversity * ln(256) * the mean of each completion's own diversity and that of all of them, as bytes."""
         if self.diversity == 0.0:
-            return 0.0
-        return self.diversity * UNIFORM_BYTE_NATS * diversity_score([list(c.encode()) for c in completions])
+            return [0.0] * len(completions)
+        rows = [list(c.encode()) for c in completions]
+        shared = diversity_score(rows)
+        return [self.diversity * UNIFORM_BYTE_NATS * (diversity_score([row]) + shared) / 2 for row in rows]
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
         if self.reference is None:
@@ -83,8 +89,8 @@ class SelfFeedbackReward:
                 "task self-feedback needs the frozen initial model as its scorer; "
                 "build it through evolm.tasks.runtime.TaskRuntime (reference=None was given)"
             )
-        bonus = self.diversity_bonus(completions)
-        return [float(score) + bonus for score in self.reference(prompts, completions)]
+        bonuses = self.diversity_bonus(completions)
+        return [float(score) + bonus for score, bonus in zip(self.reference(prompts, completions), bonuses)]
 
 
 def build_self_feedback(settings, corpus_text: str, reference: ReferenceScorer | None) -> Task:
@@ -101,7 +107,7 @@ def build_self_feedback(settings, corpus_text: str, reference: ReferenceScorer |
         stop=None,
         description=(
             "continue a corpus window; reward: the frozen initial model's mean log-likelihood per token "
-            f"plus {settings.diversity:g} * ln(256) * the diversity of all the call's completions"
+            f"plus {settings.diversity:g} * ln(256) * the mean of its own diversity and that of all the call's completions"
         ),
         info={
             "window_characters": WINDOW_CHARACTERS,
