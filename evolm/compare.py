@@ -179,12 +179,11 @@ class Judge:
 
 
 def metrics_curve(run_dir: Path, column: str = "val_loss") -> list[dict]:
-    """A run's ``column`` per metrics line, with its wall seconds and forward tokens (lines without it skipped)."""
+    """A run's ``column`` per metrics line with its compute seconds (the budget's clock) and forward tokens."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    seconds = "compute_seconds" if rows and "compute_seconds" in rows[0] else "wall_seconds"  # older runs: wall
     return [
-        {"wall_seconds": r["wall_seconds"], "forward_tokens": r["forward_tokens"], column: r[column]}
-        for r in rows
-        if r.get(column) is not None
+        {"seconds": r[seconds], "forward_tokens": r["forward_tokens"], column: r[column]} for r in rows if column in r
     ]
 
 
@@ -383,9 +382,9 @@ def plot_comparison(curves: dict, path: Path, column: str = "val_loss", label: s
         for index, curve in enumerate(runs):
             name = method if index == 0 else None
             values = [p[column] for p in curve]  # a marker per logged line: a short run may log once
-            by_time.plot([p["wall_seconds"] for p in curve], values, ".-", color=color, label=name)
+            by_time.plot([p["seconds"] for p in curve], values, ".-", color=color, label=name)
             by_tokens.plot([p["forward_tokens"] for p in curve], values, ".-", color=color, label=name)
-    by_time.set(xlabel="wall seconds", ylabel=label, title="against wall time")
+    by_time.set(xlabel="compute seconds (wall time without measuring)", ylabel=label, title="against wall time")
     by_tokens.set(xlabel="forward tokens", ylabel=label, title="against forward tokens", xscale="log")
     if curves:  # an empty legend warns
         by_time.legend()

@@ -300,7 +300,7 @@ def without_wall_clock_fields(summary: dict) -> dict:
     return {
         k: v
         for k, v in summary.items()
-        if k not in ("wall_seconds", "run_dir") and not k.startswith("last_checkpoint_")
+        if k not in ("wall_seconds", "compute_seconds", "run_dir") and not k.startswith("last_checkpoint_")
     }
 
 

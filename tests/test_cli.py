@@ -29,6 +29,7 @@ def test_run_lowers_validation_loss_and_writes_valid_files(tiny_run):
     for key in (
         "generation",
         "wall_seconds",
+        "compute_seconds",
         "evaluations",
         "forward_tokens",
         "best_fitness",

@@ -29,7 +29,7 @@ ARITHMETIC = [*TINY, ("task.name", "arithmetic"), ("task.heldout", 64), ("task.k
 # Self-feedback's dense reward moves the policy from the first step (16-byte prompts, 8 new tokens).
 SELF_FEEDBACK = [*TINY, ("task.name", "self-feedback"), ("task.new_tokens", 8), ("task.heldout", 32)]
 QUICK = {"steps": 3, "log_every": 2, "prompts": 4, "group_size": 4, "learning_rate": 1e-2}
-WALL_CLOCK = {"wall_seconds"}
+WALL_CLOCK = {"wall_seconds", "compute_seconds"}
 
 
 def quiet(message):

@@ -39,7 +39,9 @@ TINY_OVERRIDES += [("strategy.population_size", "16"), ("generations", str(GENER
 
 def is_wall_clock(key: str) -> bool:
     # checkpoint_bytes too: the checkpoint holds the run's wall time, whose digits vary by a byte or so.
-    return key in ("wall_seconds", "checkpoint_seconds", "checkpoint_bytes") or key.startswith("evaluator_")
+    return key in ("wall_seconds", "compute_seconds", "checkpoint_seconds", "checkpoint_bytes") or key.startswith(
+        "evaluator_"
+    )
 
 
 def comparable(rows):
