@@ -32,11 +32,12 @@ from pathlib import Path
 import torch
 
 from evolm.assembly import worker_from_config
-from evolm.baselines import BASELINES, peak_rss_mb
+from evolm.baselines import BASELINES
 from evolm.config import build_config
 from evolm.engine import run
 from evolm.errors import UsageError
 from evolm.fitness import REPORT_NEW_TOKENS, REPORT_PROMPTS
+from evolm.rundir import peak_rss_mb
 from evolm.sampling import load_run_model
 
 # Evolution methods: config overrides on top of the user's; "hybrid" is es with gradient refinement.

@@ -52,6 +52,7 @@ from evolm.rundir import (
     check_run_dir,
     default_run_dir,
     json_number,
+    peak_rss_mb,
     prepare_run_dir,
     save_model_file,
     toml_ready,
@@ -362,6 +363,7 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
         **{f"{k}_initial": v for k, v in report_initial.items()},
         **{f"{k}_final": metrics.get(k) for k in report_initial},
         **task_summary(config, metrics),
+        "peak_rss_mb": peak_rss_mb(),
         "run_dir": str(out_dir),
     }
     write_json(out_dir / "summary.json", summary)

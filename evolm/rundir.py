@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import shutil
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,3 +83,9 @@ def save_model_file(model, path: Path) -> None:
     temporary = path.with_name(path.name + ".tmp")
     write_safetensors(temporary, model.state_dict())
     os.replace(temporary, path)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, from the operating system."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux

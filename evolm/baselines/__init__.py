@@ -42,7 +42,7 @@ from collections.abc import Callable
 from evolm.baselines.adam import run_adam
 from evolm.baselines.environment import TokenEnvironment, rollout, sample_tokens
 from evolm.baselines.grpo import run_grpo
-from evolm.baselines.harness import BaselineRun, peak_rss_mb
+from evolm.baselines.harness import BaselineRun
 from evolm.baselines.mezo import run_mezo
 from evolm.baselines.reinforce import run_reinforce
 from evolm.baselines.rloo import run_rloo
@@ -60,7 +60,6 @@ __all__ = [
     "BASELINES",
     "BaselineRun",
     "TokenEnvironment",
-    "peak_rss_mb",
     "rollout",
     "run_adam",
     "run_grpo",

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from evolm.data import ByteTokenizer, Corpus
 from evolm.errors import UsageError
 from evolm.fitness import mean_log_likelihood
 from evolm.models import build_initial_model, count_parameters, resolve_device
-from evolm.rundir import json_number, prepare_run_dir, save_model_file, toml_ready, write_json
+from evolm.rundir import json_number, peak_rss_mb, prepare_run_dir, save_model_file, toml_ready, write_json
 from evolm.seeding import torch_generator
 from evolm.tasks.fitness import task_summary, uses_task
 from evolm.tasks.runtime import TaskRuntime
@@ -49,12 +47,6 @@ TASK_TRAINING_OF_METHOD = {
     "mezo": {"task_fitness": "likelihood", "task_normalise": "none", "task_decoding": "none"},
     "reinforce": {"task_fitness": "self", "task_normalise": "batch-mean", "task_decoding": "sample"},
 }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, from the operating system."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
 
 
 def check_positive(name: str, value, allow_none: bool = False) -> None:
