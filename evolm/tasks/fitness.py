@@ -200,6 +200,11 @@ class TaskFitness:
         completions = runtime.decode(new)
         rewards = runtime.rewards(prompts, completions)
         return "\n".join(
-            f"  {printable(prompt)!s} -> {printable(completion)!s}  (reward {reward:.3g})"
+            f"  {_one_line(prompt)} -> {_one_line(completion)}  (reward {reward:.3g})"
             for prompt, completion, reward in zip(prompts, completions, rewards)
         )
+
+
+def _one_line(text: str) -> str:
+    """``text`` safe for a terminal, on one line: newlines and tabs shown as \\n and \\t."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")
