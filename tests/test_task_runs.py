@@ -133,14 +133,14 @@ def test_a_users_reward_from_a_file_with_prompts(tmp_path):
         ("def bad(prompts, completions):\n    return [float('nan')] * len(prompts)\n", "nan"),
     ],
 )
-def test_a_broken_reward_is_one_line_and_keeps_what_was_written(tmp_path, body, expected):
+def test_a_broken_reward_is_one_line_before_anything_is_written(tmp_path, body, expected):
     (tmp_path / "broken.py").write_text(body)
     out = tmp_path / "run"
     result = run_cli("run", *TASK_TINY, "--reward", str(tmp_path / "broken.py") + ":bad", "--out", str(out), "--quiet")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert (out / "config.toml").exists()  # the run folder's files stay
+    assert not out.exists()  # the reward is called once before anything is written
 
 
 @pytest.mark.parametrize(

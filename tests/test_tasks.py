@@ -61,6 +61,9 @@ def test_arithmetic_splits_are_disjoint_and_cover_the_carry_problems():
     assert len(task.heldout_prompts) == HELDOUT_PROBLEMS >= 1000 and len(heldout) == len(task.heldout_prompts)
     assert not (corpus & train) and not (corpus & heldout) and not (train & heldout)
     assert all(has_carry(*parse_prompt(p)) for p in train | heldout)
+    # No held-out problem has its swapped twin (the same answer) in the training prompts or the corpus.
+    swapped = {"{1:02d}+{0:02d}=".format(*parse_prompt(p)) for p in heldout}
+    assert swapped == heldout and not (swapped & train) and not (swapped & corpus)
     carry_in_corpus = {p for p in corpus if has_carry(*parse_prompt(p))}
     assert len(carry_in_corpus) == task.info["corpus_carry_problems"]
     assert len(carry_in_corpus) + len(train) + len(heldout) == 4500

@@ -157,7 +157,7 @@ class GroupSampler:
         total = generation_forward_tokens(self.longest_prompt, runtime.new_tokens, runtime.context_length) * rows
         total += (policy_passes + 1) * rows * length
         if runtime.task.name == "self-feedback":
-            total += runtime.scored_tokens(rows)  # the frozen scorer reads every completion
+            total += rows * length  # the frozen scorer reads every completion
         return total
 
     @torch.no_grad()

@@ -94,6 +94,11 @@ def validate_task_config(config) -> None:
         if task.name != "reward":
             raise UsageError(f"config field task.reward is for task 'reward', but task.name is {task.name!r}")
         parse_reward_spec(task.reward)
+    if task.prompts and task.name != "reward":
+        raise UsageError(
+            f"config field task.prompts is for a reward of your own (--reward); task {task.name or '(none)'} "
+            "brings its own prompts"
+        )
     checks = (
         ("task.batch", task.batch > 0, "must be positive"),
         ("task.heldout", task.heldout >= 0, "must be 0 (the whole held-out split) or positive"),

@@ -105,26 +105,31 @@ def partial_reward(prompts: list[str], completions: list[str]) -> list[float]:
 def split_problems(seed: int, carry_share: float | None = None) -> dict[str, list[tuple[int, int]]]:
     """All pairs split into ``no_carry`` (all in the corpus) and the carry problems' three disjoint parts.
 
-    The held-out part is the first :data:`HELDOUT_PROBLEMS` of a seeded order of the carry problems, so
-    it does not depend on ``carry_share``; the corpus's share comes next, the training prompts last.
+    The split is by *unordered* pair: a + b and b + a (the same answer) always fall in the same part,
+    so no held-out problem has its swapped twin among the training prompts or in the corpus. The
+    held-out part is the first :data:`HELDOUT_PROBLEMS` problems of a seeded order of the carry pairs
+    (whole pairs, so it may hold one more), independent of ``carry_share``; the corpus's share comes
+    next, the training prompts last.
     """
     carry_share = CARRY_SHARE if carry_share is None else carry_share
     if not 0.0 <= carry_share <= 1.0:
         raise ValueError(f"carry_share must be in [0, 1], got {carry_share}")
     pairs = [(a, b) for a in range(10**OPERAND_DIGITS) for b in range(10**OPERAND_DIGITS)]
     carry = [pair for pair in pairs if has_carry(*pair)]
-    order = numpy_generator(seed, "arithmetic", "carry-split").permutation(len(carry))
-    shuffled = [carry[i] for i in order]
+    groups = sorted({tuple(sorted(pair)) for pair in carry})  # one entry per unordered pair
+    order = numpy_generator(seed, "arithmetic", "carry-split").permutation(len(groups))
+    parts: dict[str, list[tuple[int, int]]] = {"heldout": [], "corpus_carry": [], "train": []}
     in_corpus = int(round(carry_share * len(carry)))
-    heldout = shuffled[:HELDOUT_PROBLEMS]
-    corpus_carry = shuffled[HELDOUT_PROBLEMS : HELDOUT_PROBLEMS + in_corpus]
-    train = shuffled[HELDOUT_PROBLEMS + in_corpus :]
-    return {
-        "no_carry": [pair for pair in pairs if not has_carry(*pair)],
-        "corpus_carry": corpus_carry,
-        "train": train,
-        "heldout": heldout,
-    }
+    for index in order:
+        low, high = groups[index]
+        problems = [(low, high)] if low == high else [(low, high), (high, low)]
+        if len(parts["heldout"]) < HELDOUT_PROBLEMS:
+            parts["heldout"].extend(problems)
+        elif len(parts["corpus_carry"]) < in_corpus:
+            parts["corpus_carry"].extend(problems)
+        else:
+            parts["train"].extend(problems)
+    return {"no_carry": [pair for pair in pairs if not has_carry(*pair)], **parts}
 
 
 def corpus_lines(seed: int, problems: list[tuple[int, int]], passes: int = CORPUS_PASSES) -> str:

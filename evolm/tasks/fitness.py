@@ -151,13 +151,12 @@ class TaskFitness:
         return TaskContext(generation, prompts, self.runtime.encode(prompts), seed)
 
     def tokens(self, context: TaskContext) -> int:
-        rows = len(context.prompts)
-        total = self.runtime.write_tokens(rows)
+        total = self.runtime.write_tokens(context.tokens)
         if self.runtime.task.name == "self-feedback":
-            total += self.runtime.scored_tokens(rows)  # the frozen scorer reads every completion
+            total += self.runtime.scored_tokens(context.tokens)  # the frozen scorer reads every completion
         if self.kind == "logprob":
             answer = len(self.runtime.tokenizer.encode(self.runtime.answer_completions(context.prompts[:1])[0]))
-            total += self.runtime.scored_tokens(rows, answer)
+            total += self.runtime.scored_tokens(context.tokens, answer)
         return total
 
     @torch.no_grad()

@@ -68,7 +68,11 @@ class TaskRuntime:
         heldout = self.task.heldout_prompts
         self.heldout_prompts = heldout[: self.settings.heldout] if self.settings.heldout else heldout
         self.corpus: Corpus | None = None  # made by load_corpus (evolm.assembly, the baselines)
-        self.reference_forward_tokens = 0
+        # Call the reward once now, while nothing is written: a reward that raises, returns the wrong
+        # number of values or NaN is one line before any run folder is touched.
+        self.reference_forward_tokens = 0  # the self-feedback scorer's tokens
+        self.rewards(self.heldout_prompts[:2], [""] * len(self.heldout_prompts[:2]))
+        self.reference_forward_tokens = 0  # that check is not the method's work
 
     @property
     def corpus_text(self) -> str:
@@ -125,14 +129,11 @@ class TaskRuntime:
         function = self.task.partial if partial and self.task.partial is not None else self.task.reward
         return check_rewards(function(prompts, completions), len(prompts), self.task.name)
 
-    def write_tokens(self, prompts: int) -> int:
-        """Forward tokens of writing one completion per prompt (the prefill, one per step, cache rebuilds)."""
-        return generation_forward_tokens(self._prompt_length, self.new_tokens, self.context_length) * prompts
-
-    @property
-    def _prompt_length(self) -> int:
-        length = max(len(self.tokenizer.encode(p)) for p in self.task.train_prompts[:64])
-        return min(length, self.context_length) if self.context_length else length
+    def write_tokens(self, prompt_tokens: torch.Tensor) -> int:
+        """Forward tokens of writing one completion per row of the encoded prompts (the prefill, one per
+        step, cache rebuilds): counted on the batch as padded, as the baselines count theirs."""
+        rows, length = prompt_tokens.shape
+        return generation_forward_tokens(length, self.new_tokens, self.context_length) * rows
 
     # -- log-likelihoods ---------------------------------------------------------------------------
     def _scored_sequences(self, prompts: list[str], completions: list[str]):
@@ -167,13 +168,14 @@ class TaskRuntime:
 
     def score_with_reference(self, prompts: list[str], completions: list[str]) -> list[float]:
         """The frozen initial model's mean log-likelihood per token of each completion (self-feedback's scorer)."""
-        self.reference_forward_tokens += self.scored_tokens(len(prompts))
+        self.reference_forward_tokens += self.scored_tokens(self.encode(prompts))
         return self.completion_log_likelihoods(self.reference, prompts, completions)
 
-    def scored_tokens(self, prompts: int, completion_tokens: int | None = None) -> int:
-        """Forward tokens of one teacher-forced pass over prompt + completion per prompt."""
-        length = self._prompt_length + (self.new_tokens if completion_tokens is None else completion_tokens) - 1
-        return prompts * (min(length, self.context_length) if self.context_length else length)
+    def scored_tokens(self, prompt_tokens: torch.Tensor, completion_tokens: int | None = None) -> int:
+        """Forward tokens of one teacher-forced pass over prompt + completion per row of the encoded prompts."""
+        rows, length = prompt_tokens.shape
+        length += (self.new_tokens if completion_tokens is None else completion_tokens) - 1
+        return rows * (min(length, self.context_length) if self.context_length else length)
 
     def answer_completions(self, prompts: list[str]) -> list[str]:
         """Each prompt's correct completion followed by the stop string (the ``logprob`` fitness scores it)."""

@@ -54,6 +54,7 @@ def _import_target(target: str, spec: str, directory: str):
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             assert loader_spec is not None and loader_spec.loader is not None
             module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[module_name] = module  # what a dataclass (or pickle) in the file looks itself up by
             loader_spec.loader.exec_module(module)
             return module
         if directory not in sys.path:
@@ -131,7 +132,8 @@ def read_prompts(path: str) -> list[str]:
         raise UsageError(f"config field task.prompts: file {path} is not UTF-8 text") from None
     except OSError as error:
         raise UsageError(f"config field task.prompts: file {path} cannot be read: {error.strerror}") from None
-    prompts = [line for line in text.splitlines() if line.strip()]
+    # Repeated lines once each (in file order), so one prompt cannot land in both train and held-out.
+    prompts = list(dict.fromkeys(line for line in text.splitlines() if line.strip()))
     if not prompts:
         raise UsageError(f"config field task.prompts: file {path} holds no prompts")
     return prompts
