@@ -124,7 +124,7 @@ def markdown(results: dict) -> str:
         + "; held-out reward (greedy) and KL drift from the start (nats per position of held-out text), "
         "mean ± std over seeds.",
         "",
-        "| task | start | method | tuned | held-out reward | KL from start | forward tokens | compute s |",
+        "| task | start | method | tuned (maximised) | held-out reward | KL from start | forward tokens | compute s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for task, entry in results["tasks"].items():
@@ -142,6 +142,7 @@ def markdown(results: dict) -> str:
                 continue
             lines.append(
                 f"| {task} | {start} | {row['method']} | {row['knob'].rsplit('.', 1)[-1]} {row['value']:g} "
+                f"({row.get('trained_on') or '?'}) "
                 f"| {_number(row['reward'])} ± {_number(row['reward_std'])} "
                 f"| {_number(row['kl_from_initial'], 4)} ± {_number(row['kl_std'], 4)} "
                 f"| {row['forward_tokens']:,.0f} | {row.get('compute_seconds', row['wall_seconds']):.1f} |"

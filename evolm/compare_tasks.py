@@ -13,7 +13,7 @@ on a task's reward, each tuned on the same small budget, then judged the same wa
    the start weights reports every run's final ``model.safetensors``: held-out reward with greedy
    decoding, KL from the start on held-out corpus text, distinct-2 of the held-out completions.
 
-The held-out prompts pick the sweep's winner as they score the comparison (as the issue asks): the same
+The held-out prompts pick the sweep's winner as they score the comparison (on the tuning seed): the same
 for every method, but a selection on the test prompts, slightly optimistic for all methods alike.
 Writes ``compare.json`` (rows, sweep, winners, budget, machine, command), ``compare.md`` and
 ``compare.png`` (held-out reward against wall time and against forward tokens, every seed).
@@ -196,6 +196,7 @@ def _row(method: str, knob: str, value: float, summaries: list[dict], seeds: lis
         "method": method,
         "knob": knob,
         "value": value,
+        "trained_on": summaries[0].get("task_fitness"),  # what the method maximised (reward, logprob, likelihood...)
         "reward": mean_or_nan(judged["reward"]),
         "reward_std": std_or_zero(judged["reward"]),
         "rewards": judged["reward"],
@@ -356,7 +357,7 @@ def task_markdown(document: dict) -> str:
         "task runtime on the start weights; KL: drift from the start on held-out corpus text (nats per position); "
         "train reward: the last logged training reward (n/a: the method trains on something else).",
         "",
-        "| method | tuned | held-out reward | train reward | KL from start | val loss | distinct-2 "
+        "| method | tuned (maximised) | held-out reward | train reward | KL from start | val loss | distinct-2 "
         "| forward tokens | compute s | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -366,7 +367,7 @@ def task_markdown(document: dict) -> str:
             continue
         knob = r["knob"].rsplit(".", 1)[-1]
         lines.append(
-            f"| {r['method']} | {knob} {r['value']:g} | {_number(r['reward'])} ± {_number(r['reward_std'])} "
+            f"| {r['method']} | {knob} {r['value']:g} ({r.get('trained_on') or '?'}) | {_number(r['reward'])} ± {_number(r['reward_std'])} "
             f"| {_number(r['train_reward'])} | {_number(r['kl_from_initial'], 4)} ± {_number(r['kl_std'], 4)} "
             f"| {_number(r['val_loss_final'])} | {_number(r['distinct_2'])} | {r['forward_tokens']:,.0f} "
             f"| {r.get('compute_seconds', r['wall_seconds']):.1f} | {r['peak_rss_mb']:.0f} |"

@@ -124,7 +124,7 @@ def test_task_comparison_without_tuning_runs_the_middle_values(tmp_path, start):
     rows = {row["method"]: row for row in document["rows"]}
     assert rows["adam"]["train_reward"] is None  # adam trains on the task's text, not its reward
     assert rows["adam"]["kl_from_initial"] > 0  # it moved
-    assert "| adam | learning_rate 0.003 |" in (out / "compare.md").read_text()
+    assert "| adam | learning_rate 0.003 (likelihood) |" in (out / "compare.md").read_text()
 
 
 def test_es_perturbs_a_trained_model_by_a_small_sigma():
