@@ -111,6 +111,16 @@ def test_every_strategy_runs_a_task(start_point, tmp_path, strategy, fitness):
     assert all(math.isfinite(row["reward"]) for row in rows)
 
 
+@pytest.mark.parametrize("strategy, genome", [("es", "lowrank"), ("ga", "vector")])
+def test_every_genome_runs_a_task(start_point, tmp_path, strategy, genome):
+    extra = [("strategy.name", strategy), ("genome.name", genome), ("strategy.population_size", "4")]
+    extra += [("task.normalise", "ranks"), ("genome.params", "norm|bias")]
+    summary, rows = _engine_run(start_point, tmp_path / "run", *extra)
+    assert summary["genome"] == genome and len(rows) == 3
+    assert summary["task_normalise"] == ("ranks" if strategy == "es" else "none")
+    assert all(math.isfinite(row["reward"]) and row["forward_tokens"] > 0 for row in rows)
+
+
 def test_a_users_reward_from_a_file_with_prompts(tmp_path):
     (tmp_path / "my_reward.py").write_text(
         "def vowels(prompts, completions):\n    return [sum(c in 'aeiou' for c in text) / 32 for text in completions]\n"
