@@ -296,11 +296,13 @@ def cli_run_killed_after_checkpoints(count: int, *args):
 
 
 def without_wall_clock_fields(summary: dict) -> dict:
-    # The checkpoint's cost (seconds, and bytes holding the wall time) varies with the clock too.
+    # The checkpoint's cost (seconds, and bytes holding the wall time) varies with the clock too, and peak memory
+    # with the machine.
     return {
         k: v
         for k, v in summary.items()
-        if k not in ("wall_seconds", "compute_seconds", "run_dir") and not k.startswith("last_checkpoint_")
+        if k not in ("wall_seconds", "compute_seconds", "peak_rss_mb", "run_dir")
+        and not k.startswith("last_checkpoint_")
     }
 
 
