@@ -184,7 +184,9 @@ def metrics_curve(run_dir: Path, column: str = "val_loss") -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     seconds = "compute_seconds" if rows and "compute_seconds" in rows[0] else "wall_seconds"  # older runs: wall
     return [
-        {"seconds": r[seconds], "forward_tokens": r["forward_tokens"], column: r[column]} for r in rows if column in r
+        {"seconds": r[seconds], "forward_tokens": r["forward_tokens"], column: r[column]}
+        for r in rows
+        if r.get(column) is not None
     ]
 
 
