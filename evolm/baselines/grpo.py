@@ -26,7 +26,14 @@ from __future__ import annotations
 import torch
 
 from evolm.baselines.harness import check_positive
-from evolm.baselines.policy_gradient import Rollouts, completion_means, k3_kl, token_log_probs, train_on_groups
+from evolm.baselines.policy_gradient import (
+    Rollouts,
+    check_beta,
+    completion_means,
+    k3_kl,
+    token_log_probs,
+    train_on_groups,
+)
 from evolm.errors import UsageError
 
 STD_GUARD = 1e-4  # added to a group's std, as TRL does: a group of equal rewards gets zero advantages
@@ -83,8 +90,7 @@ def run_grpo(
     0.1% right, KL drift 0.13, 0.17, 0.41, 2.2 and 6.0 nats (3e-3 collapses). Returns the summary also
     written to ``summary.json``."""
     check_positive("epsilon", epsilon)
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
-        raise UsageError(f"baseline option beta must be a number >= 0, got {beta!r}")
+    check_beta(beta)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise UsageError(f"baseline option iterations must be a positive integer, got {iterations!r}")
     temperature = config.fitness.temperature

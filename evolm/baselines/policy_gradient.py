@@ -274,3 +274,9 @@ def train_on_groups(
 def window_means(window: list[dict]) -> dict:
     """Each figure's mean over the steps since the last metrics line."""
     return {key: sum(step[key] for step in window) / len(window) for key in window[0]}
+
+
+def check_beta(beta) -> None:
+    """The KL coefficient of GRPO and RLOO: a number >= 0 (0 turns the penalty off), or one line."""
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
+        raise UsageError(f"baseline option beta must be a number >= 0, got {beta!r}")

@@ -22,8 +22,14 @@ from __future__ import annotations
 
 import torch
 
-from evolm.baselines.policy_gradient import Rollouts, completion_means, k3_kl, token_log_probs, train_on_groups
-from evolm.errors import UsageError
+from evolm.baselines.policy_gradient import (
+    Rollouts,
+    check_beta,
+    completion_means,
+    k3_kl,
+    token_log_probs,
+    train_on_groups,
+)
 
 
 def leave_one_out_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -66,8 +72,7 @@ def run_rloo(
     held-out carry sums right), 3e-5, 1e-4, 3e-4, 1e-3 and 3e-3 got 93.9%, 98.2%, 98.4%, 98.9% and 3.2%
     right with KL drift 0.13, 0.19, 0.32, 1.0 and 5.9 nats: 1e-4 is within noise of the best reward at a
     fifth of its drift (3e-3 collapses). Returns the summary also written to ``summary.json``."""
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
-        raise UsageError(f"baseline option beta must be a number >= 0, got {beta!r}")
+    check_beta(beta)
     temperature = config.fitness.temperature
     options = {
         "learning_rate": learning_rate,
