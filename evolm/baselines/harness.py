@@ -4,8 +4,8 @@ A baseline file (adam.py, reinforce.py, mezo.py) holds only its algorithm; it ma
 :class:`BaselineRun`, asks :meth:`BaselineRun.can_step` before each step, hands each finished step to
 :meth:`BaselineRun.record` and :meth:`BaselineRun.maybe_log`, and ends with :meth:`BaselineRun.finish`.
 
-The run starts from the same initial weights as an evolution run (``build_initial_model(config.model, config.seed)``:
-the seeded initialisation, or the trained weights of ``model.init``),
+The run starts from the same initial weights as an evolution run (:func:`initial_model`: a built-in model's
+seeded initialisation or the trained weights of ``model.init``, or an ``hf:PATH`` checkpoint and its tokenizer),
 stops at whichever budget comes first (wall seconds, forward tokens or steps) and writes the files of an
 evolution run (``config.toml``, ``metrics.jsonl``, ``summary.json``, ``model.safetensors``) with the
 helpers of :mod:`evolm.rundir`.
@@ -28,11 +28,14 @@ from pathlib import Path
 import tomli_w
 import torch
 
+from evolm.adapters import unwrap
+from evolm.assembly import load_corpus
 from evolm.baselines.environment import TokenEnvironment, rollout
-from evolm.data import ByteTokenizer, Corpus
+from evolm.data import ByteTokenizer
 from evolm.errors import UsageError
 from evolm.fitness import mean_log_likelihood
 from evolm.models import build_initial_model, count_parameters, resolve_device
+from evolm.models.hf import build_hf, is_hf, resolved_params
 from evolm.rundir import json_number, peak_rss_mb, prepare_run_dir, save_model_file, toml_ready, write_json
 from evolm.seeding import torch_generator
 from evolm.tasks.fitness import task_summary, uses_task
@@ -65,6 +68,14 @@ def check_episode_fits(config, prompt_tokens: int, generate_tokens: int) -> None
             f"baseline options prompt_tokens ({prompt_tokens}) + generate_tokens ({generate_tokens}) - 1 "
             f"exceed model.context ({config.model.context}); shorten the prompts or the generations"
         )
+
+
+def initial_model(config, device) -> tuple[torch.nn.Module, object]:
+    """The model every method starts from, on ``device``, and its tokenizer: a built-in model (its seed's
+    weights or ``model.init``'s) on bytes, or ``hf:PATH``'s checkpoint with the checkpoint's own tokenizer."""
+    if is_hf(config.model.name):
+        return build_hf(config, device)
+    return build_initial_model(config.model, config.seed).to(device), ByteTokenizer()
 
 
 class BaselineRun:
@@ -103,14 +114,13 @@ class BaselineRun:
         self.device = resolve_device(config.device)
         self.task: TaskRuntime | None = None
         self.task_training = dict(TASK_TRAINING_OF_METHOD.get(method, TASK_TRAINING_OF_METHOD["adam"]))
+        self.model, self.tokenizer = initial_model(config, self.device)
         if uses_task(config):
-            # The runtime's frozen reference is a copy of the initial model: built before any update.
-            self.model = build_initial_model(config.model, config.seed).to(self.device)
-            self.task = TaskRuntime(config, self.model, ByteTokenizer(), self.device)
+            # The runtime's frozen reference is a copy of the initial model: taken before any update.
+            self.task = TaskRuntime(config, self.model, self.tokenizer, self.device)
             self.corpus = self.task.load_corpus()
         else:
-            self.corpus = Corpus.load(config.data.path or None, config.model.context, config.data.val_fraction)
-            self.model = build_initial_model(config.model, config.seed).to(self.device)
+            self.corpus = load_corpus(config, self.tokenizer)
         self.val_batch = self.corpus.validation_batch(config.data.val_sequences).to(self.device)
         self._reference = None
         if before_start is not None:
@@ -140,22 +150,28 @@ class BaselineRun:
         if self.task is not None:
             return self.task.reference
         if self._reference is None:
-            self._reference = build_initial_model(self.config.model, self.config.seed).to(self.device).eval()
+            self._reference = initial_model(self.config, self.device)[0].eval()
             self._reference.requires_grad_(False)
         return self._reference
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """Parameters whose names match ``genome.params`` (what an evolution run would evolve); the rest are frozen."""
-        pattern = re.compile(self.config.genome.params)
+        """Parameters whose names match ``genome.params`` (what an evolution run would evolve); the rest are frozen.
+
+        For ``hf:PATH`` the pattern matches the checkpoint's own names, and the default means the default
+        subset of an evolution run (:func:`evolm.models.hf.resolved_params`); ``--params .`` trains every tensor."""
+        pattern_text = self.config.genome.params
+        if is_hf(self.config.model.name):
+            pattern_text = resolved_params(self.config, self.model)
+        pattern = re.compile(pattern_text)
         chosen = []
-        for name, parameter in self.model.named_parameters():
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        for name, parameter in unwrap(self.model).named_parameters():
             parameter.requires_grad_(bool(pattern.search(name)))
             if parameter.requires_grad:
                 chosen.append(parameter)
         if not chosen:
-            raise UsageError(
-                f"config field genome.params: pattern {self.config.genome.params!r} matches no parameter of the model"
-            )
+            raise UsageError(f"config field genome.params: pattern {pattern_text!r} matches no parameter of the model")
         return chosen
 
     @torch.no_grad()

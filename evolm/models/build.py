@@ -103,8 +103,10 @@ def load_initial_weights(model: nn.Module, location: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | torch.device) -> torch.device:
     """``config.device`` as a torch device, refused when it names CUDA on a machine without it."""
+    if isinstance(name, torch.device):
+        return name
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"config field device is {name!r} but no CUDA device is available here")
     return torch.device(name)
