@@ -51,11 +51,18 @@ class StrategyConfig:
     sigma: float | None = (
         None  # noise scale (Salimans et al. 2017 use 0.02); ga/nsga2: initial mutation scale; cmaes: initial step size
     )
-    learning_rate: float = 0.01  # step size on the ES gradient estimate (Salimans et al. use 0.01 with Adam)
+    # es: step size on the gradient estimate (Salimans et al. use 0.01 with Adam); snes: lr_mu, the center's
+    # natural-gradient step (NES uses 1). None: the strategy's default
+    learning_rate: float | None = None
     optimizer: str = (
         "adam"  # es center step: adam (Salimans et al. 2017) | sgd (plain step, Qiu et al. 2025; no optimiser state)
     )
     weight_decay: float = 0.0  # L2 coefficient applied with the Adam step
+    # snes (separable NES): the step sizes' rate lr_sigma (0: NES's (3 + ln d) / (5 sqrt d), d evolving values),
+    # fitness shaping (nes: NES utilities | ranks: centred ranks), mirrored pairs +eps/-eps
+    sigma_learning_rate: float = 0.0
+    utilities: str = "nes"
+    mirrored: bool = True
     # ga / nsga2 (sigma is the initial mutation scale; it adapts by the 1/5th success rule)
     elites: int = 2  # best individuals copied unchanged into the next generation (ga)
     tournament_size: int = 3  # ga; nsga2 draws parents by binary crowded tournament
@@ -145,6 +152,7 @@ class RefineConfig:
 COMMON_DEFAULTS: dict[str, Any] = {
     "strategy.population_size": 48,
     "strategy.sigma": 0.02,
+    "strategy.learning_rate": 0.01,
     "genome.name": "seed",
     "genome.params": ".*",
 }

@@ -19,6 +19,9 @@ the model per individual; undo copies the space's base snapshot back, which is e
 - ``hyper``: named, bounded hyperparameters for population-based training, in :mod:`evolm.hyper`
   (re-exported here).
 
+Separable NES gives a seed or lowrank genome per-value step sizes (:mod:`evolm.step_sizes`): its noise
+is then multiplied by them, elementwise (a lowrank matrix's are rank one, so its noise stays low-rank).
+
 Noise is drawn on the device where the tensor lives (a generator on that device): copying host
 noise to a GPU costs more than the forward pass. CPU and CUDA generators give different numbers,
 so every copy of a model that must agree runs on one device type.
@@ -37,6 +40,7 @@ from torch import nn
 from evolm.errors import UsageError
 from evolm.hyper import DEFAULT_HYPERPARAMETERS, HyperGenome, HyperParameter  # noqa: F401  (re-exported)
 from evolm.seeding import mix_seed
+from evolm.step_sizes import StepSizes
 
 ALL_TENSORS = -1  # tensor mask with every bit set
 
@@ -150,6 +154,8 @@ class NoiseGenome:
         # scale, evaluated next) reuses the noise instead of regenerating it.
         self._cache_seeds: list[int | None] = [None] * len(space.tensors)
         self._scratch: dict[tuple[str, torch.device], torch.Tensor] = {}
+        # Separable NES's per-value factors on the noise (evolm.step_sizes), set by its first update; None: all 1.
+        self.step_sizes: StepSizes | None = None
 
     def _generator_on(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -195,16 +201,18 @@ class NoiseGenome:
         """Noise of tensor ``index`` for ``seed`` (float32, on the tensor's device).
 
         With the cache on, the result is the genome's cache: read it before asking for the same
-        tensor's noise under another seed, and never write to it. Without, a new tensor.
+        tensor's noise under another seed, and never write to it. Without, a new tensor. With step
+        sizes, the noise times them (a new tensor).
         """
         if self.cached:
-            return self._cached(seed, index)
-        tensor = self.space.tensors[index]
-        out = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
-        flat = out.view(-1)
-        for chunk, (start, stop) in enumerate(self._chunks[index]):
-            self._fill(seed, index, chunk, start, stop, flat[start:stop])
-        return out
+            out = self._cached(seed, index)
+        else:
+            tensor = self.space.tensors[index]
+            out = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device)
+            flat = out.view(-1)
+            for chunk, (start, stop) in enumerate(self._chunks[index]):
+                self._fill(seed, index, chunk, start, stop, flat[start:stop])
+        return out if self.step_sizes is None else out * self.step_sizes.full[index]
 
     def _chunk_noise(self, seed: int, index: int, chunk: int) -> torch.Tensor:
         """One chunk of noise, in the scratch buffer (valid until the next call)."""
@@ -215,12 +223,14 @@ class NoiseGenome:
 
     def apply(self, model: nn.Module, genes) -> None:
         self.space.snapshot()
-        cached = self.cached
+        cached, sizes = self.cached, self.step_sizes
         for seed, scale, mask in gene_entries(genes):
             for index, tensor in enumerate(self.space.tensors):
                 if mask == ALL_TENSORS or mask_has(mask, index):
-                    if cached:  # the hot path of small models: one add per tensor
+                    if cached and sizes is None:  # the hot path of small models: one add per tensor
                         tensor.add_(self._cached(seed, index), alpha=scale)
+                    elif cached and sizes is not None:
+                        tensor.addcmul_(self._cached(seed, index), sizes.full[index], value=scale)
                     else:
                         self._add_noise(tensor, seed, index, scale)
 
@@ -230,33 +240,53 @@ class NoiseGenome:
             tensor.add_(self.noise(seed, index), alpha=scale)
             return
         for chunk, (start, stop) in enumerate(self._chunks[index]):
-            flat[start:stop].add_(self._chunk_noise(seed, index, chunk), alpha=scale)
+            if self.step_sizes is None:
+                flat[start:stop].add_(self._chunk_noise(seed, index, chunk), alpha=scale)
+            else:
+                sizes = self.step_sizes.chunk(index, start, stop)
+                flat[start:stop].addcmul_(self._chunk_noise(seed, index, chunk), sizes, value=scale)
 
     def undo(self, model: nn.Module, genes) -> None:
         self.space.restore()
 
     def combined_noise_chunks(self, seeds: Sequence[int], coefficients: Sequence[float], index: int):
-        """``sum(coefficient * noise(seed))`` of tensor ``index``, accumulated in float32, as
-        ``(start, stop, values)`` chunks in flat order. ``values`` is scratch the caller may
-        overwrite, valid until the next chunk is asked for."""
-        terms = [(seed, float(c)) for seed, c in zip(seeds, coefficients) if c != 0.0]
+        """``sum(coefficient * noise(seed))`` of tensor ``index`` (noise without step sizes), accumulated
+        in float32, as ``(start, stop, values)`` chunks in flat order. ``values`` is scratch the caller
+        may overwrite, valid until the next chunk is asked for."""
+        for start, stop, total, _ in self.noise_sums_chunks(seeds, coefficients, None, index):
+            yield start, stop, total
+
+    def noise_sums_chunks(self, seeds: Sequence[int], first: Sequence[float], second, index: int):
+        """``(start, stop, sum(first * eps), sum(second * eps**2))`` chunks of tensor ``index``'s noise
+        without step sizes, each seed's noise drawn once; ``second`` None: no second sum (None).
+        Separable NES's update takes both; the sums are scratch, as in :meth:`combined_noise_chunks`."""
+        squares = second is not None
+        terms = [(seed, float(a), float(b)) for seed, a, b in zip(seeds, first, second or [0.0] * len(first))]
+        terms = [term for term in terms if term[1] != 0.0 or term[2] != 0.0]
         tensor = self.space.tensors[index]
         if self.cached:
-            # Seeds outer: each seed's noise is generated once; per element the sum runs in seed
+            # Seeds outer: each seed's noise is generated once; per element the sums run in seed
             # order either way, so both branches give the same bits.
-            total = torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device)
-            for seed, coefficient in terms:
-                total.add_(self._cached(seed, index), alpha=coefficient)
-            flat = total.view(-1)
+            sums = torch.zeros(1 + squares, tensor.numel(), dtype=torch.float32, device=tensor.device)
+            for seed, a, b in terms:
+                noise = self._cached(seed, index).view(-1)
+                sums[0].add_(noise, alpha=a)
+                if squares:
+                    sums[1].addcmul_(noise, noise, value=b)
             for start, stop in self._chunks[index]:
-                yield start, stop, flat[start:stop]
+                yield start, stop, sums[0, start:stop], sums[1, start:stop] if squares else None
             return
-        accumulator = self._buffer("sum", tensor.device)
+        firsts = self._buffer("sum", tensor.device)
+        seconds = self._buffer("squares", tensor.device) if squares else None
         for chunk, (start, stop) in enumerate(self._chunks[index]):
-            total = accumulator[: stop - start].zero_()
-            for seed, coefficient in terms:
-                total.add_(self._chunk_noise(seed, index, chunk), alpha=coefficient)
-            yield start, stop, total
+            first_sum = firsts[: stop - start].zero_()
+            second_sum = None if seconds is None else seconds[: stop - start].zero_()
+            for seed, a, b in terms:
+                noise = self._chunk_noise(seed, index, chunk)
+                first_sum.add_(noise, alpha=a)
+                if second_sum is not None:
+                    second_sum.addcmul_(noise, noise, value=b)
+            yield start, stop, first_sum, second_sum
 
     def combined_noise(self, seeds: Sequence[int], coefficients: Sequence[float], index: int) -> torch.Tensor:
         """The whole of :meth:`combined_noise_chunks` as one new tensor (tests, small tensors)."""
@@ -303,7 +333,12 @@ class LowRankGenome(NoiseGenome):
         return [(start, min(start + step, rows * cols)) for start in range(0, max(rows * cols, 1), step)]
 
     def factors(self, seed: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, B)`` with shapes (out, r) and (in, r) for a 2-D tensor, on its device; EGGROLL's batched pass uses them directly."""
+        """``(A, B)`` with shapes (out, r) and (in, r) for a 2-D tensor, on its device, scaled by the rank-one
+        step sizes if any; EGGROLL's batched pass uses them directly."""
+        a, b = self._raw_factors(seed, index)
+        return (a, b) if self.step_sizes is None else self.step_sizes.scale_factors(index, a, b)
+
+    def _raw_factors(self, seed: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         tensor = self.space.tensors[index]
         rows, cols = tensor.shape
         generator = self._tensor_generators[index].manual_seed(mix_seed(seed, index))
@@ -317,7 +352,7 @@ class LowRankGenome(NoiseGenome):
             out.normal_(generator=self._tensor_generators[index].manual_seed(chunk_seed(seed, index, chunk)))
             return
         cols = tensor.shape[1]
-        a, b = self.factors(seed, index)
+        a, b = self._raw_factors(seed, index)
         noise = torch.matmul(a[start // cols : stop // cols], b.T, out=out.view(-1, cols))
         if self.rank != 1:  # x * 1.0 is x: skip the pass
             noise.mul_(1.0 / math.sqrt(self.rank))

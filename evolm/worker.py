@@ -16,6 +16,7 @@ import torch
 
 from evolm.fitness import finite_or_worst
 from evolm.population import population_log_likelihood
+from evolm.step_sizes import StepSizes
 
 
 class Worker:
@@ -121,8 +122,11 @@ class Worker:
         self.space.drop_snapshot()
 
     def optimizer_state(self) -> dict | None:
-        """The center optimiser's state dict (references, no copy; None before its first step or for sgd)."""
-        return None if self._optimizer is None else self._optimizer.state_dict()
+        """The center optimiser's state dict (references, no copy; None before its first step or for sgd).
+        A genome with step sizes (separable NES) adds them: ``{"center": that, "step_sizes": ...}``."""
+        state = None if self._optimizer is None else self._optimizer.state_dict()
+        sizes = getattr(self.genome, "step_sizes", None)
+        return state if sizes is None else {"center": state, "step_sizes": sizes.state_dict()}
 
     def sync_state(self) -> dict:
         """Base weights and optimiser state: what a drifted or replacement worker needs to catch up
@@ -136,14 +140,20 @@ class Worker:
         for tensor, value in zip(self.space.tensors, state["tensors"]):
             tensor.copy_(value)
         self.space.commit()
-        if state["optimizer"] is not None:
-            self.center_optimizer().load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        if isinstance(optimizer, dict) and "step_sizes" in optimizer:
+            self.genome.step_sizes = StepSizes.from_state_dict(self.space, optimizer["step_sizes"])
+            optimizer = optimizer["center"]
+        if optimizer is not None:
+            self.center_optimizer().load_state_dict(optimizer)
 
     def checksum(self) -> str:
         """A cheap fingerprint of the base weights, to check that workers agree: their raw bytes,
-        hashed tensor by tensor (any dtype, bfloat16 included; a device tensor is copied one at a time)."""
+        hashed tensor by tensor (any dtype, bfloat16 included; a device tensor is copied one at a time),
+        then the genome's step sizes if it has any (separable NES)."""
         digest = hashlib.blake2b(digest_size=8)
-        for tensor in self.space.tensors:
+        sizes = getattr(self.genome, "step_sizes", None)
+        for tensor in [*self.space.tensors, *(sizes.tensors() if sizes is not None else ())]:
             digest.update(tensor_bytes(tensor))
         return digest.hexdigest()
 

@@ -1,7 +1,8 @@
 """Strategies behind one ask/tell interface (evolm.strategies.base), found by name.
 
 Each algorithm lives in its own module and cites its paper: es.py (OpenAI-ES), ga.py (genetic
-algorithm), nsga2.py (NSGA-II), cmaes.py (CMA-ES), pbt.py (population-based training). Shared
+algorithm), nsga2.py (NSGA-II), cmaes.py (CMA-ES), pbt.py (population-based training), snes.py
+(separable NES, per-parameter step sizes). Shared
 pieces: shaping.py (fitness shaping and ranking), generational.py (a population kept across
 generations), variation.py (a GA individual's encoding), optimizers.py (the ES center's optimiser).
 A new strategy is one module plus one line in ``STRATEGIES``.
@@ -14,6 +15,7 @@ from evolm.strategies.ga import GeneticAlgorithm
 from evolm.strategies.nsga2 import NSGA2
 from evolm.strategies.pbt import PopulationBasedTraining
 from evolm.strategies.shaping import centered_ranks
+from evolm.strategies.snes import SeparableNES
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "es": OpenAIES,
@@ -21,6 +23,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "nsga2": NSGA2,
     "cmaes": CMAES,
     "pbt": PopulationBasedTraining,
+    "snes": SeparableNES,
 }
 
 

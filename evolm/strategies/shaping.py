@@ -40,3 +40,24 @@ def best_first(values: ArrayLike) -> np.ndarray:
     fitness = np.asarray(values, dtype=np.float64)
     key = np.where(np.isfinite(fitness), fitness, -np.inf)
     return np.argsort(-key, kind="stable")
+
+
+def nes_utilities(values: ArrayLike) -> np.ndarray:
+    """NES's fitness-shaping utilities (Wierstra et al. 2014, JMLR 15, section 3.1), summing to zero.
+
+    The k-th best of n gets ``max(0, ln(n/2 + 1) - ln k) / sum_j max(0, ln(n/2 + 1) - ln j) - 1/n``:
+    the better half shares a total weight of 1/2, log-decreasing, and the worse half -1/2 evenly.
+    Non-finite values rank last; ties (the diverged among them) share the mean of their utilities.
+    """
+    fitness = np.asarray(values, dtype=np.float64)
+    n = len(fitness)
+    if n < 2:
+        return np.zeros(n)
+    key = np.where(np.isfinite(fitness), fitness, -np.inf)
+    raw = np.maximum(0.0, np.log(n / 2 + 1) - np.log(np.arange(1, n + 1)))
+    utilities = np.empty(n, dtype=np.float64)
+    utilities[best_first(key)] = raw / raw.sum() - 1.0 / n
+    unique, inverse = np.unique(key, return_inverse=True)
+    if len(unique) < n:
+        utilities = (np.bincount(inverse, weights=utilities) / np.bincount(inverse))[inverse]
+    return utilities
