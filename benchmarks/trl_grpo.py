@@ -25,7 +25,7 @@ newlines; the two draw different prompts and samples from the same seed; TRL's s
 Writes ``benchmarks/results/trl_grpo.json`` (per trainer and seed: held-out reward and KL by step, the
 training reward, seconds per step), ``trl_grpo.png`` (held-out reward by step, mean ± std), prints the table.
 
-    python benchmarks/trl_grpo.py [--seeds 1,2,3] [--steps 300] [--eval-every 50] [--start-steps 1625]
+    python benchmarks/trl_grpo.py [--seeds 1,2,3] [--steps 400] [--eval-every 50] [--start-steps 3000]
         [--learning-rate 1e-4] [--work DIR]
 """
 
@@ -47,7 +47,7 @@ from evolm.baselines.adam import run_adam  # noqa: E402
 from evolm.baselines.grpo import run_grpo  # noqa: E402
 from evolm.config import build_config  # noqa: E402
 from evolm.models.hf import HFCausalLM, build_hf  # noqa: E402
-from evolm.tasks import arithmetic, make_task  # noqa: E402
+from evolm.tasks import make_task  # noqa: E402
 from evolm.tasks.runtime import TaskRuntime  # noqa: E402
 
 TASK = "arithmetic"
@@ -55,6 +55,10 @@ EOS = "<|endoftext|>"
 GPT = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64}  # evolm's default GPT's sizes
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 SETTINGS = {"beta": 0.04, "epsilon": 0.2, "temperature": 1.0}
+# This GPT-2 learns the carry later than evolm's GPT (arithmetic.START_STEPS, 1,625): in one calibration run
+# (model seed 0) it got none of the 1,000 held-out carry sums right until step 1,874, 8% at 2,000, 13.5% at
+# 2,500 and 18.9% at 3,000 (validation loss 0.98): the start, with room to teach.
+START_STEPS = 3000
 
 
 def byte_checkpoint(folder: Path, text: str) -> Path:
@@ -96,9 +100,11 @@ def start_point(work: Path, steps: int) -> Path:
     start = work / f"start-{steps}"
     if (start / "config.json").is_file():
         return start
-    base = byte_checkpoint(work / "base", arithmetic_text())
-    config = task_config(base, 0)
-    run_adam(config, work / f"adam-{steps}", steps=steps, log_every=max(1, steps // 8), overwrite=True)
+    base = work / "base"
+    if not (work / f"adam-{steps}" / "model.safetensors").is_file():
+        byte_checkpoint(base, arithmetic_text())
+        config = task_config(base, 0)
+        run_adam(config, work / f"adam-{steps}", steps=steps, log_every=max(1, steps // 8), overwrite=True)
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -249,7 +255,7 @@ def plot(results: dict, path: Path) -> None:
         )
     axis.set_xlabel("GRPO step")
     axis.set_ylabel("held-out exact answers (greedy)")
-    axis.set_title("arithmetic: evolm GRPO vs TRL GRPOTrainer (mean ± std over seeds)")
+    axis.set_title("arithmetic, held-out: evolm GRPO vs TRL GRPOTrainer\n(mean ± std over seeds)")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -258,9 +264,9 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--start-steps", type=int, default=arithmetic.START_STEPS)
+    parser.add_argument("--start-steps", type=int, default=START_STEPS)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
