@@ -395,8 +395,15 @@ def collapse_run(out, terms):
     return rows, json.loads((out / "summary.json").read_text())["distinct_2_final"]
 
 
+@pytest.fixture(scope="module")
+def collapsed(tmp_path_factory):
+    """Metrics rows and final distinct-2 of the COLLAPSE run without any diversity term: the reference both
+    tests compare to (run once)."""
+    return collapse_run(tmp_path_factory.mktemp("collapse") / "plain", "likelihood=1,self=1")
+
+
 @pytest.mark.slow
-def test_diversity_term_keeps_a_run_more_diverse(tmp_path):
+def test_diversity_term_keeps_a_run_more_diverse(tmp_path, collapsed):
     """Self-feedback alone collapses the generations; the diversity term holds them apart.
 
     COLLAPSE with likelihood=1,self=1 and diversity=1 or 0. Measured (seed 0, torch 2.13 CPU):
@@ -405,23 +412,19 @@ def test_diversity_term_keeps_a_run_more_diverse(tmp_path):
     0.74 vs 0.08.
     About 30 s on one thread.
     """
-    finals = {
-        weight: collapse_run(tmp_path / f"diversity{weight}", f"likelihood=1,self=1,diversity={weight}")[1]
-        for weight in ("1", "0")
-    }
+    finals = {"1": collapse_run(tmp_path / "diversity1", "likelihood=1,self=1,diversity=1")[1], "0": collapsed[1]}
     assert finals["1"] > finals["0"], finals
 
 
 @pytest.mark.slow
-def test_novelty_term_keeps_a_run_more_diverse(tmp_path):
+def test_novelty_term_keeps_a_run_more_diverse(tmp_path, collapsed):
     """Novelty rewards writing unlike the rest of the population, which also holds off collapse.
 
     COLLAPSE with likelihood=1,self=1 plus novelty=5 or not. Measured distinct_2 at the end (torch 2.13 CPU):
     seed 0: 0.81 with novelty vs 0.10 without; seeds 1-3: 0.72 vs 0.14, 0.80 vs 0.28, 0.51 vs 0.25.
     Population novelty (novelty_mean) stays about 0.1 with the term. About 20 s on one thread.
     """
-    finals = {}
-    for weight in ("5", "0"):
-        rows, finals[weight] = collapse_run(tmp_path / f"novelty{weight}", f"likelihood=1,self=1,novelty={weight}")
-        assert all(("novelty_mean" in row) == (weight != "0") for row in rows)
-    assert finals["5"] > finals["0"] + 0.2, finals
+    rows, novel = collapse_run(tmp_path / "novelty5", "likelihood=1,self=1,novelty=5")
+    plain_rows, plain = collapsed
+    assert all("novelty_mean" in row for row in rows) and not any("novelty_mean" in row for row in plain_rows)
+    assert novel > plain + 0.2, (novel, plain)
