@@ -38,7 +38,7 @@ from torch import nn
 
 from evolm.data import VOCAB_SIZE, Batch
 from evolm.errors import UsageError
-from evolm.models.base import model_context
+from evolm.models.base import NonFiniteLogits, model_context
 from evolm.seeding import derive_seed, torch_generator
 from evolm.textstats import distinct_n, diversity_score, ngram_profile, novelty_scores, repetition_rate
 
@@ -286,10 +286,7 @@ class Fitness:
         generator = torch.Generator().manual_seed(seed)
         try:
             return model.generate(prompts, new_tokens, self.temperature, generator)
-        except RuntimeError:
-            # Sampling from NaN/inf probabilities raises; anything else is a real error and surfaces.
-            if torch.isfinite(model(prompts[:, -self.context_length :] if self.context_length else prompts)).all():
-                raise
+        except NonFiniteLogits:  # NaN logits at some step: diverged (any other error surfaces)
             return None
 
     @torch.no_grad()

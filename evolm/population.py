@@ -57,6 +57,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from evolm.genome import LowRankGenome, gene_entries, mask_has
+from evolm.models.base import to_device
 from evolm.models.gpt import GPT, Block
 
 
@@ -65,17 +66,16 @@ class PopulationDelta:
     by parameter name, for ``size`` individuals that each score ``rows`` sequences."""
 
     def __init__(self, genome: LowRankGenome, genes_list: list, rows: int = 1):
-        space = genome.space
         self.size, self.rows = len(genes_list), rows
         # Keyed by parameter name; looked up with name() (None for a tensor that does not evolve).
         self.factors: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
         self.deltas: dict[str | None, torch.Tensor] = {}
         # Modules find their evolving tensors by identity: a tied weight (one tensor, two modules) is
         # perturbed in both, as applying the genome in place perturbs it.
-        self._names = {id(p): name for name, p in zip(space.names, space.parameters)}
+        self._names = {id(p): name for name, p in zip(genome.space.names, genome.space.parameters)}
         entries = [list(gene_entries(genes)) for genes in genes_list]
         layouts: dict = {}  # tensors with the same active entries (every tensor, without masks) share one layout
-        for index, (name, tensor) in enumerate(zip(space.names, space.tensors)):
+        for index, (name, tensor) in enumerate(zip(genome.space.names, genome.space.tensors)):
             active = tuple(tuple((s, c) for s, c, m in row if mask_has(m, index)) for row in entries)
             if not any(active):
                 continue
@@ -114,7 +114,7 @@ class PopulationDelta:
         for i, row in enumerate(active):
             for seed, scale in row:
                 coefficients[i][slot[seed]] += scale
-        tensors = (torch.tensor(v, device=device) for v in (picks, scales, coefficients))
+        tensors = (to_device(torch.tensor(v), device) for v in (picks, scales, coefficients))
         return seeds, any(len(row) < width for row in active), *tensors
 
     def name(self, param: torch.Tensor | None) -> str | None:

@@ -5,16 +5,24 @@ also offers ``prefill(prompt) -> (last_logits, state)`` and ``step(tokens, state
 so n new tokens cost n single-token steps (a key/value cache or a recurrent state), never n
 re-encodings of the whole text.
 
-The sampling loop stays on the model's device: tokens are drawn there (``torch.multinomial`` with
-a generator on that device; for one sample it is an exponential race and an argmax, no host
-synchronisation) and written into a preallocated tensor, so a GPU never waits for the host per
-token. On a CPU the tokens are those of the host generator passed in.
+The sampling loop never makes a GPU wait for the host. A token is drawn as ``torch.multinomial``
+draws one sample (an exponential race: ``argmax(p / q)``, ``q ~ Exp(1)``), written out so that
+none of multinomial's checks runs: they read the probabilities back to the host (older torch) or
+abort the whole CUDA context on a NaN (newer torch). The race's noise comes from a generator on the
+logits' device (seeded by one draw from the caller's host generator), tokens go into a
+preallocated tensor, and whether any step's probabilities were NaN is kept on the device and read
+once, after the last step. On a CPU the tokens are exactly those ``torch.multinomial`` draws with
+the host generator passed in (tests/test_models.py, tests/test_gpu_paths.py).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+class NonFiniteLogits(RuntimeError):
+    """A model's logits were NaN or infinite while it wrote: it has diverged (sampling has no distribution)."""
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -26,15 +34,48 @@ def model_context(model: nn.Module) -> int | None:
     return getattr(getattr(model, "config", None), "context", None)
 
 
-def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row, shape (rows, 1), on the logits' device. A generator on another device than
-    the logits (a host generator with GPU logits) draws on its own device, at one host round trip."""
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device`` without making the host wait for the device: a host tensor goes to a GPU
+    through pinned memory and an asynchronous copy (a copy from pageable memory waits for the stream)."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _race_noise(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``Exp(1)`` noise shaped like ``probs``, drawn as ``torch.multinomial`` draws it (one ``exponential_``
+    over the whole tensor), by ``generator`` on its own device, then placed on ``probs``'s device."""
+    if generator is None or generator.device == probs.device:
+        return torch.empty_like(probs).exponential_(generator=generator)
+    noise = torch.empty(probs.shape, dtype=probs.dtype, device=generator.device).exponential_(generator=generator)
+    return to_device(noise, probs.device)
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None,
+    invalid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One token per row, shape (rows, 1), on the logits' device: the token ``torch.multinomial(probs, 1,
+    generator=generator)`` draws. A generator on another device than the logits (a host generator with
+    GPU logits, as the gradient baselines pass) draws the noise on its own device, copied over without a wait.
+
+    Probabilities with a NaN (non-finite logits) raise :class:`NonFiniteLogits` at once, which reads a
+    flag from the device; a sampling loop passes ``invalid`` (a boolean scalar on the device) instead,
+    which is set when they do, and reads it once at the end.
+    """
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if generator is not None and generator.device != probs.device:
-        return torch.multinomial(probs.cpu(), 1, generator=generator).to(logits.device)
-    return torch.multinomial(probs, 1, generator=generator)
+    # Softmax gives no negative or infinite value: its only invalid output is NaN (multinomial's check).
+    nan = probs.isnan().any()
+    if invalid is not None:
+        invalid.logical_or_(nan)
+    elif nan:
+        raise NonFiniteLogits("probability tensor contains NaN: the model's logits are not finite")
+    return (probs / _race_noise(probs, generator)).argmax(dim=-1, keepdim=True)
 
 
 def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
@@ -63,7 +104,11 @@ class LanguageModel(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample ``max_new_tokens`` continuation tokens for each prompt row; returns only the new tokens, on
-        the model's device (one transfer to the host, by the caller, when it needs them there)."""
+        the model's device (one transfer to the host, by the caller, when it needs them there).
+
+        Raises :class:`NonFiniteLogits` after the last step when any sampled step's logits were not
+        finite (the one read from the device in the call). Greedy decoding (temperature 0) never raises.
+        """
         if prompt.dim() == 1:
             prompt = prompt.unsqueeze(0)
         if max_new_tokens <= 0:
@@ -71,9 +116,12 @@ class LanguageModel(nn.Module):
         logits, state = self.prefill(prompt)
         generator = device_generator(generator, logits.device)
         new_tokens = torch.empty((prompt.shape[0], max_new_tokens), dtype=torch.long, device=logits.device)
+        invalid = torch.zeros((), dtype=torch.bool, device=logits.device) if temperature > 0 else None
         for index in range(max_new_tokens):
-            token = sample_next(logits, temperature, generator)
+            token = sample_next(logits, temperature, generator, invalid)
             new_tokens[:, index : index + 1] = token
             if index + 1 < max_new_tokens:
                 logits, state = self.step(token, state)
+        if invalid is not None and bool(invalid):
+            raise NonFiniteLogits("probability tensor contains NaN: the model's logits were not finite while it wrote")
         return new_tokens
