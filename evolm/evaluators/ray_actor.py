@@ -35,6 +35,8 @@ class EvaluationActor:
     run was given another), so every actor's worker is built exactly as the driver's was."""
 
     def __init__(self, config, threads: int, device: str, factory):
+        """``device``: where the worker keeps its model, ``cuda`` for an actor given GPUs (the ones Ray made
+        visible to it: ``cuda`` is its own share) or ``cpu``; it replaces the config's ``device``."""
         torch.set_num_threads(threads)
         config = copy.deepcopy(config)
         config.threads = threads
@@ -49,10 +51,18 @@ class EvaluationActor:
             self.error = ("other", f"{type(error).__name__}: {error}")
 
     def ready(self) -> dict:
+        """Where the actor runs (node, process, the GPUs Ray gave it) and its weights' checksum, or the
+        error that kept it from building its worker."""
         node_id = ray.get_runtime_context().get_node_id()
         if self.error is not None:
             return {"node_id": node_id, "error": self.error}
-        return {"node_id": node_id, "pid": os.getpid(), "checksum": self.worker.checksum()}
+        return {
+            "node_id": node_id,
+            "pid": os.getpid(),
+            "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+            "device": str(getattr(self.worker, "device", "cpu")),
+            "checksum": self.worker.checksum(),
+        }
 
     def evaluate(self, genes_list, generation: int):
         """Fitness tuples of the chunk and the forward tokens they took."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -27,6 +28,7 @@ from evolm.errors import UsageError
 CONNECT_SECONDS = 5.0  # TCP connect to a cluster address
 HANDSHAKE_SECONDS = 5.0  # the address must answer as a gRPC (HTTP/2) server, as Ray's GCS does
 LOOPBACK = "127.0.0.1"
+GPU_SHARE_PRECISION = 1e-4  # Ray counts resources in units of 0.0001
 _COMMON: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING)
 
 
@@ -82,16 +84,16 @@ def _node_on_loopback():
         constants.ENABLE_RAY_CLUSTER = saved
 
 
-def start_local_runtime(num_cpus: int) -> None:
+def start_local_runtime(num_cpus: int, num_gpus: int | None = None) -> None:
     """A Ray runtime of our own on this machine: loopback only, token authentication on (a fresh
     token, kept in this process's environment and inherited by the processes Ray starts, when the
-    user has none)."""
+    user has none). ``num_gpus`` None: the GPUs Ray detects; a number declares that many."""
     require_token_auth()
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and not _token_available():
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         refresh_ray_config()
     with _node_on_loopback():
-        ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, **_COMMON)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address=LOOPBACK, **_COMMON)
 
 
 def stop_local_runtime() -> None:
@@ -123,14 +125,56 @@ def connect(settings, num_cpus: int) -> bool:
     return True
 
 
+def check_gpus_per_worker(gpus: float) -> float:
+    """``evaluator.gpus_per_worker`` as Ray can place it: 0 (CPU actors), a share of one GPU (actors
+    then share it: 0.25 puts four on each GPU) or a whole number of GPUs; anything else is one UsageError."""
+    field = "config field evaluator.gpus_per_worker"
+    if not math.isfinite(gpus) or gpus < 0:
+        raise UsageError(f"{field} must be 0 or positive, got {gpus:g}")
+    if gpus > 1 and gpus != int(gpus):
+        raise UsageError(f"{field} is {gpus:g}: Ray gives an actor a share of one GPU (at most 1) or whole GPUs")
+    if 0 < gpus < GPU_SHARE_PRECISION:
+        raise UsageError(f"{field} is {gpus:g}: Ray's smallest share of a GPU is {GPU_SHARE_PRECISION:g}")
+    return gpus
+
+
+def actor_device(gpus: float) -> str:
+    """Where an actor's worker keeps its model: ``cuda`` when the actor holds GPUs (Ray sets the actor's
+    CUDA_VISIBLE_DEVICES to the GPUs it was given, so ``cuda`` there is its own), else ``cpu``."""
+    return "cuda" if gpus > 0 else "cpu"
+
+
+def actor_options(threads: int, gpus: float) -> dict:
+    """Ray options of one evaluation actor: ``threads`` CPUs and ``gpus`` GPUs (a fraction shares one GPU
+    among actors). max_restarts=0: a process Ray restarted would rebuild its worker from the config,
+    at the initial weights; the evaluator starts, checks and synchronises replacements itself."""
+    return dict(num_cpus=threads, num_gpus=gpus, max_restarts=0, scheduling_strategy="SPREAD")
+
+
+def gpu_actor_capacity(gpus: float) -> int:
+    """How many actors of ``gpus`` GPUs the live nodes' GPUs hold: Ray puts an actor's share of a GPU on
+    one GPU (five actors of 0.4 need three GPUs, not two) and its whole GPUs on one node."""
+    per_node = [node.get("Resources", {}).get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    if gpus <= 1:
+        return sum(int(total + 1e-9) * int(1 / gpus + 1e-9) for total in per_node)
+    return sum(int(total / gpus + 1e-9) for total in per_node)
+
+
 def actor_count(workers: int, threads: int, gpus: float) -> int:
     """How many actors to start: ``workers``, or as many as the cluster has room for when 0."""
+    check_gpus_per_worker(gpus)
     resources = ray.cluster_resources()
     cpus, gpu_total = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if gpus and gpu_total + 1e-9 < gpus:
+        has = f"{gpu_total:g} GPUs" if gpu_total else "no GPU"
+        raise UsageError(
+            f"config field evaluator.gpus_per_worker: {gpus:g} GPUs per actor, but the Ray cluster has {has}"
+        )
+    capacity = gpu_actor_capacity(gpus) if gpus else 0
     if workers <= 0:  # joining a cluster without --workers: as many actors as it has room for
         workers = int(cpus // threads)
         if gpus:
-            workers = min(workers, int(gpu_total // gpus + 1e-9))
+            workers = min(workers, capacity)
     if workers <= 0:
         raise UsageError(
             f"the Ray cluster has {cpus:g} CPUs and {gpu_total:g} GPUs: not enough for one actor "
@@ -141,10 +185,10 @@ def actor_count(workers: int, threads: int, gpus: float) -> int:
             f"config field evaluator.workers: {workers} actors of {threads} CPUs need "
             f"{workers * threads} CPUs; the Ray cluster has {cpus:g}"
         )
-    if gpus and workers * gpus > gpu_total + 1e-9:
+    if gpus and workers > capacity:
         raise UsageError(
-            f"config field evaluator.gpus_per_worker: {workers} actors of {gpus:g} GPUs need "
-            f"{workers * gpus:g} GPUs; the Ray cluster has {gpu_total:g}"
+            f"config field evaluator.gpus_per_worker: {workers} actors of {gpus:g} GPUs do not fit on the "
+            f"Ray cluster's {gpu_total:g} GPUs (they hold {capacity}: an actor's share of a GPU is on one GPU)"
         )
     return workers
 
