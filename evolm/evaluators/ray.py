@@ -64,11 +64,15 @@ class RayEvaluator:
 
     ``on_chunk_done(evaluator, generation, chunk_index)``, when set, is called after each chunk's
     result is stored (a test hook: it lets a test kill an actor in the middle of a generation).
+    ``actor_class``, when given, stands in for ``ray.remote(EvaluationActor)`` (same ``options(...)
+    .remote(...)`` call, same methods): :class:`evolm.evaluators.simulated.SimulatedActors` plays
+    many actors on a few processes to measure the driver at scale.
     """
 
-    def __init__(self, config, worker):
+    def __init__(self, config, worker, actor_class=None):
         self.config = config
         self.worker = worker
+        self._actor_class = actor_class
         settings = config.evaluator
         self.threads = max(1, settings.threads_per_worker)
         self.gpus = float(settings.gpus_per_worker)
@@ -127,7 +131,8 @@ class RayEvaluator:
         global _ACTOR_CLASS
         if _ACTOR_CLASS is None:
             _ACTOR_CLASS = ray.remote(EvaluationActor)
-        actor = _ACTOR_CLASS.options(
+        actor_class = self._actor_class if self._actor_class is not None else _ACTOR_CLASS
+        actor = actor_class.options(
             num_cpus=self.threads, num_gpus=self.gpus, max_restarts=0, scheduling_strategy="SPREAD"
         ).remote(self.config, self.threads, self.device, self._factory)
         self._slots.append(_Slot(actor=actor, ready_ref=actor.ready.remote()))
