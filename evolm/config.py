@@ -183,6 +183,10 @@ class RunConfig:
     device: str = "cpu"
     name: str = ""  # run name; "" derives one from the strategy, model and seed
     threads: int = 0  # torch threads; 0 leaves torch's default
+    # Validation loss and the report (samples' statistics, or a task's held-out reward and drift) on the first
+    # generation, every report_every-th and the last: measuring is not evolution's work, and on Ray it runs
+    # on the driver while the actors wait. 1 measures every generation.
+    report_every: int = 10
     checkpoint_every: int = -1  # -1: auto (when 20x the last checkpoint's time has passed: <= 5% of the run; always the last); N: every N generations; 0: none (resume starts over)
     tensorboard: bool = (
         False  # also log metrics as TensorBoard scalars under RUN_DIR/tensorboard (needs the tensorboard package)
@@ -233,6 +237,7 @@ def validate(config: RunConfig) -> None:
     resolve_strategy_defaults(config)
     for key in (
         "generations",
+        "report_every",
         "data.batch_size",
         "data.val_sequences",
         "strategy.population_size",

@@ -118,7 +118,7 @@ class Progress:
             self.bar.set_postfix(
                 best=f"{metrics['best_fitness']:.3f}",
                 mean=f"{metrics['mean_fitness']:.3f}",
-                val=f"{metrics['val_loss']:.3f}",
+                **({"val": f"{metrics['val_loss']:.3f}"} if "val_loss" in metrics else {}),
                 **transport,
             )
             self.bar.update(1)
@@ -287,14 +287,21 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
                 # Measuring (validation, report) and checkpoints are not the method's work: a wall-clock
                 # budget counts compute_seconds, the wall time without them (baselines count the same way).
                 wall = time.perf_counter() - started
-                figures = {"val_loss": worker.validation_loss(best_genes), **worker.report(generation, best_genes)}
-                measured += time.perf_counter() - started - wall
+                forward_tokens = tokens_before + evaluator.forward_tokens
+                out_of_time = (bool(config.budget_seconds) and wall - measured >= config.budget_seconds) or (
+                    bool(config.budget_tokens) and forward_tokens >= config.budget_tokens
+                )
+                last = out_of_time or generation + 1 == config.generations
+                figures = {}
+                if last or generation == 0 or (generation + 1) % config.report_every == 0:
+                    figures = {"val_loss": worker.validation_loss(best_genes), **worker.report(generation, best_genes)}
+                    measured += time.perf_counter() - started - wall
                 metrics = {
                     "generation": generation,
                     "wall_seconds": round(wall, 3),
                     "compute_seconds": round(wall - measured, 3),
                     "evaluations": evaluations,
-                    "forward_tokens": tokens_before + evaluator.forward_tokens,
+                    "forward_tokens": forward_tokens,
                     **step_metrics,
                     **figures,
                     # Transport figures (actors alive, bytes sent) are prefixed evaluator_: they vary by backend.
@@ -303,10 +310,6 @@ def _evolve(config, worker, out_dir: Path, progress: bool, log, checkpoint: dict
                 }
                 metrics_file.write(json.dumps({k: json_number(v) for k, v in metrics.items()}) + "\n")
                 metrics_file.flush()
-                out_of_time = (
-                    bool(config.budget_seconds) and time.perf_counter() - started - measured >= config.budget_seconds
-                ) or (bool(config.budget_tokens) and metrics["forward_tokens"] >= config.budget_tokens)
-                last = out_of_time or generation + 1 == config.generations
                 checkpoint_cost = {"checkpoint_bytes": 0, "checkpoint_seconds": 0.0}
                 if cadence.due(generation, last):
                     checkpoint_started = time.perf_counter()

@@ -63,6 +63,14 @@ def _value(row: dict, key: str) -> float:
     return value if math.isfinite(value) and abs(value) < _HUGE else math.nan
 
 
+def _measured(generations: list, rows: list[dict], key: str) -> tuple[list, list]:
+    """The (generation, value) pairs of the rows that measured ``key``: validation and the report run every
+    ``report_every`` generations, and a line through NaN gaps would draw nothing."""
+    pairs = [(g, _value(r, key)) for g, r in zip(generations, rows)]
+    kept = [(g, v) for g, v in pairs if not math.isnan(v)]
+    return [g for g, _ in kept], [v for _, v in kept]
+
+
 def _has(rows: list[dict], key: str) -> bool:
     return any(not math.isnan(_value(row, key)) for row in rows)
 
@@ -110,7 +118,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     loss_axis = axes[1]
     if _has(rows, "val_loss"):
-        loss_axis.plot(generations, [_value(r, "val_loss") for r in rows], color="tab:red", label="validation loss")
+        loss_axis.plot(*_measured(generations, rows, "val_loss"), color="tab:red", label="validation loss")
     loss_axis.set_ylabel("validation loss (nats/token)")
 
     if diversity:
@@ -122,7 +130,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         colors = iter(f"C{i}" for i in range(10 * len(diversity)))
         for axis, keys in ((left, fractions or scores), (right, scores if fractions else [])):
             for key in keys:
-                axis.plot(generations, [_value(r, key) for r in rows], label=key, color=next(colors))
+                axis.plot(*_measured(generations, rows, key), label=key, color=next(colors))
         left.set_ylabel("diversity" if fractions else "self-score")
         if right is not left:
             right.set_ylabel("self-score")

@@ -35,9 +35,11 @@ def test_run_lowers_validation_loss_and_writes_valid_files(tiny_run):
         "best_fitness",
         "mean_fitness",
         "std_fitness",
-        "val_loss",
     ):
         assert all(key in row for row in rows), key
+    # Validation and the report: the first generation, every report_every-th (10 by default) and the last.
+    assert [row["generation"] for row in rows if "val_loss" in row] == [0, 9, 11]
+    assert [row["generation"] for row in rows if "distinct_2" in row] == [0, 9, 11]
     assert rows[-1]["evaluations"] == 12 * 16
     assert rows[-1]["forward_tokens"] == 12 * 16 * 8 * 32
     summary = json.loads((out / "summary.json").read_text())

@@ -121,6 +121,7 @@ def in_process_config(strategy):
         "fitness.prompts=2",
         "fitness.generate_tokens=8",
         "threads=1",
+        "report_every=1",  # interrupting_factory crashes a run in the report of a chosen generation
         *IN_PROCESS[strategy],
     ]
     return build_config(None, [parse_assignment(s) for s in settings])

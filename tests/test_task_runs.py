@@ -12,7 +12,8 @@ from evolm.engine import run
 from evolm.tasks.fitness import PromptScores, finish_prompt_scores
 
 # A tiny model with room for a prompt and its completion; few prompts per generation to stay fast.
-TASK_TINY = [*TINY, "--set", "task.batch=8", "--set", "task.heldout=64"]
+# report_every=1: these tests check the task's report (held-out reward, drift) on every generation.
+TASK_TINY = [*TINY, "--set", "task.batch=8", "--set", "task.heldout=64", "--set", "report_every=1"]
 
 
 def test_zscore_per_prompt_ignores_prompts_everyone_answers_alike():
@@ -87,6 +88,7 @@ def _engine_run(start_point, out, *extra):
     ]
     settings += [("strategy.population_size", "16"), ("generations", "3"), ("task.name", "arithmetic")]
     settings += [("task.batch", "8"), ("task.heldout", "64"), ("model.init", str(start_point)), *extra]
+    settings += [("report_every", "1")]  # the report on every generation, as TASK_TINY
     summary = run(build_config(overrides=settings), out_dir=out, progress=False, log=lambda *args: None)
     return summary, read_metrics(out)
 
