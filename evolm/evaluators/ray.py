@@ -26,7 +26,15 @@ import torch
 from evolm.assembly import worker_from_config
 from evolm.errors import UsageError
 from evolm.evaluators.ray_actor import EvaluationActor, pack, payload_bytes
-from evolm.evaluators.ray_cluster import actor_count, connect, startup_error, task_error
+from evolm.evaluators.ray_cluster import (
+    actor_count,
+    actor_device,
+    actor_options,
+    check_gpus_per_worker,
+    connect,
+    startup_error,
+    task_error,
+)
 from evolm.evaluators.split import aligned_slices
 from evolm.individuals import genes_of
 
@@ -75,12 +83,8 @@ class RayEvaluator:
         self._actor_class = actor_class
         settings = config.evaluator
         self.threads = max(1, settings.threads_per_worker)
-        self.gpus = float(settings.gpus_per_worker)
-        if self.gpus < 0:
-            raise UsageError(
-                f"config field evaluator.gpus_per_worker must be 0 or positive, got {settings.gpus_per_worker}"
-            )
-        self.device = "cuda" if self.gpus > 0 else "cpu"
+        self.gpus = check_gpus_per_worker(float(settings.gpus_per_worker))
+        self.device = actor_device(self.gpus)
         driver_device = getattr(worker, "device", None) or next(worker.model.parameters()).device
         driver_type = torch.device(driver_device).type
         if driver_type != self.device:
@@ -132,9 +136,9 @@ class RayEvaluator:
         if _ACTOR_CLASS is None:
             _ACTOR_CLASS = ray.remote(EvaluationActor)
         actor_class = self._actor_class if self._actor_class is not None else _ACTOR_CLASS
-        actor = actor_class.options(
-            num_cpus=self.threads, num_gpus=self.gpus, max_restarts=0, scheduling_strategy="SPREAD"
-        ).remote(self.config, self.threads, self.device, self._factory)
+        actor = actor_class.options(**actor_options(self.threads, self.gpus)).remote(
+            self.config, self.threads, self.device, self._factory
+        )
         self._slots.append(_Slot(actor=actor, ready_ref=actor.ready.remote()))
 
     def _replace(self) -> None:
