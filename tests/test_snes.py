@@ -157,7 +157,7 @@ def interrupting_factory(stop_at):
 
 @pytest.mark.parametrize("genome", ["seed", "lowrank"])
 def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, genome):
-    config = tiny_config(("genome.name", genome), ("generations", 6), ("checkpoint_every", 1))
+    config = tiny_config(("genome.name", genome), ("generations", 6), ("checkpoint_every", 1), ("report_every", 1))
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run(config, whole, progress=False, log=quiet)
     with pytest.raises(Interrupted):
