@@ -90,8 +90,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategy",
         metavar="NAME",
-        help="es (OpenAI-ES, default), ga, nsga2, cmaes or pbt (population-based "
-        "training); it also chooses the defaults of the settings you leave unset (see below)",
+        help="es (OpenAI-ES, default), ga, nsga2, cmaes, snes (separable NES: a step size per value) or pbt "
+        "(population-based training); it also chooses the defaults of the settings you leave unset (see below)",
     )
     parser.add_argument(
         "--population-size",
