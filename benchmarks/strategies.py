@@ -1,21 +1,30 @@
-"""Strategy x genome on the reference workload under one wall-clock budget: final validation loss.
+"""Strategy x genome on the reference workload under one budget: validation loss over time, over seeds.
 
-The default model and corpus, each method for the same wall time on this machine (default 180 s).
-Methods: es/seed, es/lowrank, ga/seed, ga/vector over biases and norms.
+The default model and corpus, each method and seed for the same budget of compute seconds (the run's
+wall time without validation, reports and checkpoints: ``budget_seconds``, as ``evolm run`` counts it)
+on this machine, default 120 s. For every method and seed the validation loss is read from the run
+folder's ``metrics.jsonl`` at each quarter of the budget (30/60/90/120 s at the default): the loss of
+the last generation whose ``compute_seconds`` had not passed the mark, i.e. the model as it stood
+then (validation runs every generation here, ``report_every = 1``: outside the budget, which counts
+compute seconds only). Per method: mean and (population) standard deviation over seeds at every mark.
 
-    python benchmarks/strategies.py [--budget 180] [--seeds 0]
+Methods: es/seed, es/lowrank, snes/seed, snes/lowrank (separable NES, per-parameter step sizes),
+ga/seed, ga/vector over biases and norms. Nothing else runs on the machine while it measures.
+
+    python benchmarks/strategies.py [--budget 120] [--seeds 0,1,2] [--methods snes/seed,es/seed]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_result  # noqa: E402
+from common import machine, print_table, write_result  # noqa: E402
 
 from evolm.config import build_config  # noqa: E402
 from evolm.engine import run  # noqa: E402
@@ -23,6 +32,8 @@ from evolm.engine import run  # noqa: E402
 METHODS = {
     "es/seed": [("strategy.name", "es"), ("genome.name", "seed")],
     "es/lowrank": [("strategy.name", "es"), ("genome.name", "lowrank")],
+    "snes/seed": [("strategy.name", "snes"), ("genome.name", "seed")],
+    "snes/lowrank": [("strategy.name", "snes"), ("genome.name", "lowrank")],
     "ga/seed": [("strategy.name", "ga"), ("genome.name", "seed"), ("strategy.sigma", 0.02)],
     "ga/vector": [
         ("strategy.name", "ga"),
@@ -31,61 +42,102 @@ METHODS = {
         ("strategy.sigma", 0.05),
     ],
 }
+CLOCK = "compute_seconds"  # what the budget counts; wall_seconds adds validation and checkpoints
+
+
+def loss_at(rows: list[dict], seconds: float) -> float | None:
+    """Validation loss of the last generation measured by ``seconds`` of compute (None: none by then)."""
+    done = [row for row in rows if row[CLOCK] <= seconds and "val_loss" in row]
+    return done[-1]["val_loss"] if done else None
+
+
+def mean_std(values: list) -> tuple[float | None, float | None]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.mean(present), statistics.pstdev(present) if len(present) > 1 else 0.0
+
+
+def run_method(method: str, seed: int, budget: float, marks: list[float], folder: Path) -> dict:
+    config = build_config(
+        overrides=[
+            *METHODS[method],
+            ("seed", seed),
+            ("generations", 1_000_000),
+            ("budget_seconds", budget),
+            ("report_every", 1),  # a validation loss every generation: the marks fall on the model of that moment
+        ]
+    )
+    out = folder / f"{method.replace('/', '-')}-{seed}"
+    summary = run(config, out, progress=False, log=lambda *a: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "val_loss_initial": summary["val_loss_initial"],
+        "val_loss_final": summary["val_loss_final"],
+        "val_loss_at": [loss_at(rows, mark) for mark in marks],
+        "generations_at": [sum(row[CLOCK] <= mark for row in rows) for mark in marks],
+        "generations": summary["generations"],
+        "evaluations": summary["evaluations"],
+        "compute_seconds": rows[-1][CLOCK] if rows else 0.0,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=180.0, help="wall seconds per method and seed")
-    parser.add_argument("--seeds", default="0", help="comma-separated run seeds")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--budget", type=float, default=120.0, help="compute seconds per method and seed")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--output", default="", help="write the JSON here instead of benchmarks/results/")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r} (choose from {', '.join(METHODS)})")
+    marks = [args.budget * k / 4 for k in (1, 2, 3, 4)]
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        for method in args.methods.split(","):
-            finals, initial, generations, evaluations = [], None, [], []
+        for method in methods:
+            runs = []
             for seed in seeds:
-                config = build_config(
-                    overrides=[
-                        *METHODS[method],
-                        ("seed", seed),
-                        ("generations", 100_000),
-                        ("budget_seconds", args.budget),
-                    ]
-                )
-                summary = run(
-                    config, Path(folder) / f"{method.replace('/', '-')}-{seed}", progress=False, log=lambda *a: None
-                )
-                finals.append(summary["val_loss_final"])
-                initial = summary["val_loss_initial"]
-                generations.append(summary["generations"])
-                evaluations.append(summary["evaluations"])
+                one = run_method(method, seed, args.budget, marks, Path(folder))
+                runs.append(one)
+                at = " ".join(f"{v:.3f}" if v is not None else "-" for v in one["val_loss_at"])
                 print(
-                    f"{method} seed {seed}: {initial:.3f} -> {summary['val_loss_final']:.3f} "
-                    f"({summary['generations']} generations, {summary['evaluations']} evaluations)",
+                    f"{method} seed {seed}: {one['val_loss_initial']:.3f} -> {at} "
+                    f"({one['generations']} generations, {one['evaluations']} evaluations)",
                     flush=True,
                 )
+            at_marks = [mean_std([one["val_loss_at"][k] for one in runs]) for k in range(len(marks))]
             results[method] = {
-                "val_loss_initial": initial,
-                "val_loss_final_mean": statistics.mean(finals),
-                "val_loss_final_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
-                "val_loss_final": finals,
-                "generations": generations,
-                "evaluations": evaluations,
+                "val_loss_initial": runs[0]["val_loss_initial"],
+                "val_loss_at_mean": [m for m, _ in at_marks],
+                "val_loss_at_std": [s for _, s in at_marks],
+                "val_loss_final_mean": mean_std([one["val_loss_final"] for one in runs])[0],
+                "val_loss_final_std": mean_std([one["val_loss_final"] for one in runs])[1],
+                "runs": dict(zip(map(str, seeds), runs)),
             }
-    path = write_result("strategies", {"budget_seconds": args.budget, "seeds": seeds, "methods": results})
+    data = {"budget_seconds": args.budget, "clock": CLOCK, "marks_seconds": marks, "seeds": seeds, "methods": results}
+    if args.output:
+        path = Path(args.output)
+        path.write_text(json.dumps({**data, "machine": machine(), "command": " ".join(sys.argv)}, indent=2) + "\n")
+    else:
+        path = write_result("strategies", data)
     print(f"wrote {path}")
+
+    def cell(mean, std):
+        return "-" if mean is None else f"{mean:.3f}" + (f" ± {std:.3f}" if len(seeds) > 1 else "")
+
     print_table(
-        ["method", "val loss start", "val loss end", "generations", "evaluations"],
+        ["method", "start", *[f"at {mark:g} s" for mark in marks], "generations"],
         [
             [
-                m,
+                method,
                 f"{r['val_loss_initial']:.3f}",
-                f"{r['val_loss_final_mean']:.3f}" + (f" ± {r['val_loss_final_std']:.3f}" if len(seeds) > 1 else ""),
-                ",".join(map(str, r["generations"])),
-                ",".join(map(str, r["evaluations"])),
+                *[cell(m, s) for m, s in zip(r["val_loss_at_mean"], r["val_loss_at_std"])],
+                ",".join(str(one["generations"]) for one in r["runs"].values()),
             ]
-            for m, r in results.items()
+            for method, r in results.items()
         ],
     )
 

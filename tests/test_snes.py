@@ -216,7 +216,7 @@ def test_ray_gives_the_in_process_metrics_also_resumed_on_fresh_actors(ray_runti
 
 def test_choosing_snes_chooses_its_defaults_and_leaves_es_alone():
     snes, es = build_config(overrides=[("strategy.name", "snes")]), build_config()
-    assert snes.strategy.learning_rate == 1.0 and es.strategy.learning_rate == 0.01
+    assert snes.strategy.learning_rate == 2.0 and es.strategy.learning_rate == 0.01
     assert (snes.genome.name, snes.strategy.utilities, snes.strategy.mirrored) == ("seed", "nes", True)
     explicit = build_config(overrides=[("strategy.learning_rate", 0.5), ("strategy.name", "snes")])
     assert explicit.strategy.learning_rate == 0.5

@@ -19,8 +19,10 @@ Choices, and where they differ from the papers:
   authors too): each seed's ``eps`` is tried with both signs, so a pair adds ``(u+ - u-) eps`` to the
   center and ``(u+ + u-)(eps**2 - 1)`` to the log step sizes. Off: one sample per seed.
 - ``lr_sigma`` (``strategy.sigma_learning_rate``) defaults, at 0, to NES's ``(3 + ln d) / (5 sqrt d)``
-  with ``d`` every evolving value (the search space's dimension, as in the paper); ``lr_mu`` is
-  ``strategy.learning_rate``. ``sigma`` starts at ``strategy.sigma`` everywhere. The center takes
+  with ``d`` every evolving value (the search space's dimension, as in the paper): 0.008 for the
+  default model, where 0.05, 0.2 or 0.5 changed the loss after 150 generations by under 0.04 nats.
+  ``lr_mu`` is ``strategy.learning_rate`` (default 2, see ``defaults``). ``sigma`` starts at
+  ``strategy.sigma`` everywhere. The center takes
   NES's plain step: ``strategy.optimizer`` does not apply, and weight decay is refused.
 
 evolm's properties stay. An individual is a few bytes: ``(seed, +-sigma0)``, its noise regenerated
@@ -98,7 +100,10 @@ class SnesUpdate:
 
 class SeparableNES(Strategy):
     name = "snes"
-    defaults = {"strategy.learning_rate": 1.0}
+    # lr_mu = 2 (NES uses 1), measured on the default workload, seed 0, population 48, sigma0 0.02: validation
+    # loss after 120 generations 3.42 at lr_mu 1, 3.11 at 2, 3.26 at 4; after 150, 3.04 at 2 and 3.07 at 3
+    # (sigma0 0.04: 3.07 at 1, 3.26 at 2; sigma0 0.01 at 4: 3.04). Population 24 or 96 (same evaluations) did worse.
+    defaults = {"strategy.learning_rate": 2.0}
 
     def __init__(self, config):
         super().__init__(config)
