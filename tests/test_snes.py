@@ -133,6 +133,18 @@ def test_snes_lowers_the_validation_loss_of_a_tiny_language_model(tmp_path):
     assert all(0 < row["sigma_min"] <= row["sigma_mean"] <= row["sigma_max"] for row in rows)
 
 
+@pytest.mark.parametrize("genome", ["seed", "lowrank"])
+def test_snes_runs_a_task(tmp_path, genome):
+    """A reward without a gradient as fitness (self-feedback), as es runs it."""
+    task = [("task.name", "self-feedback"), ("task.batch", 4), ("task.heldout", 8), ("report_every", 1)]
+    config = tiny_config(("genome.name", genome), ("strategy.population_size", 8), ("generations", 3), *task)
+    summary = run(config, tmp_path / "run", progress=False, log=quiet)
+    rows = read_metrics(tmp_path / "run")
+    assert summary["task"] == "self-feedback" and len(rows) == 3
+    assert all(math.isfinite(row["reward"]) and row["sigma_min"] > 0 for row in rows)
+    assert rows[-1]["sigma_min"] < rows[-1]["sigma_max"]  # the step sizes moved on the task's fitness
+
+
 class Interrupted(Exception):
     pass
 
