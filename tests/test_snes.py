@@ -17,10 +17,12 @@ from evolm.config import build_config
 from evolm.engine import resume, run, step_generation
 from evolm.errors import UsageError
 from evolm.evaluators import LocalEvaluator
+from evolm.genome import CHUNK_ELEMENTS, LowRankGenome, ParamSpace, SeedGenome
 from evolm.individuals import genes_of
 from evolm.strategies import make_strategy
 from evolm.strategies.shaping import nes_utilities
 from evolm.strategies.snes import SnesUpdate, nes_sigma_learning_rate
+from evolm.worker import Worker
 
 TINY = [
     ("model.width", 32),
@@ -89,6 +91,37 @@ def test_one_update_is_the_snes_formula(genome):
         if sizes.factors[i] is not None:  # least squares onto log r_i + log c_j
             log_step = log_step.mean(1, keepdim=True) + log_step.mean(0, keepdim=True) - log_step.mean()
         torch.testing.assert_close(sizes.full[i], factors[i] * log_step.exp(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("genome_class", [SeedGenome, LowRankGenome])
+def test_a_large_model_s_chunked_update_equals_the_cached_one(genome_class):
+    """A large model regenerates noise chunk by chunk (a 600x600 matrix spans two chunks; a lowrank
+    matrix's row and column sums gather over them): the same center and step sizes as the cached path."""
+
+    def make(cache_bytes):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(600, 600), torch.nn.Linear(600, 8), torch.nn.LayerNorm(8))
+        space = ParamSpace(model)
+        return Worker(model, space, genome_class(space, cache_bytes=cache_bytes), None, None)
+
+    cached, chunked = make(1 << 30), make(0)
+    assert cached.genome.cached and not chunked.genome.cached
+    assert cached.space.tensors[0].numel() > CHUNK_ELEMENTS
+    for k in range(3):
+        update = SnesUpdate([7 + k, 70 + k], [0.03, -0.02], [0.2, -0.1])
+        update.apply(cached)
+        update.apply(chunked)
+    exact = genome_class is SeedGenome  # elementwise only; lowrank sums its rows and columns by chunk
+    for ours, theirs in [
+        *zip(cached.space.tensors, chunked.space.tensors),
+        *zip(cached.genome.step_sizes.full, chunked.genome.step_sizes.full),
+    ]:
+        assert torch.equal(ours, theirs) if exact else torch.allclose(ours, theirs, rtol=1e-6, atol=0)
+    if exact:
+        assert cached.checksum() == chunked.checksum()  # weights and step sizes, as Ray compares them
+    genes = [(5, 0.02)]
+    with cached.applied(genes), chunked.applied(genes):
+        torch.testing.assert_close(cached.space.tensors[0], chunked.space.tensors[0], rtol=1e-6, atol=1e-8)
 
 
 def test_step_sizes_adapt_per_parameter_and_stay_positive():
