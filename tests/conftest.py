@@ -31,6 +31,18 @@ TINY = [
     "threads=1",
 ]
 
+# The model and data sizes of TINY as config overrides, for tests that build a config in-process.
+TINY_SIZES = [
+    ("model.width", 32),
+    ("model.layers", 1),
+    ("model.heads", 2),
+    ("model.ff", 64),
+    ("model.context", 32),
+    ("data.batch_size", 8),
+    ("data.val_sequences", 16),
+    ("threads", 1),
+]
+
 
 from evolm.engine import WALL_CLOCK_FIELDS  # noqa: E402 - the engine names what varies with the clock
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_SIZES
 from safetensors.torch import load_file
 
 from evolm.baselines import BASELINES, TokenEnvironment
@@ -19,17 +20,7 @@ from evolm.errors import UsageError
 from evolm.models import build_model
 from evolm.seeding import mix_seed, torch_generator
 
-# The TINY sizes of tests/conftest.py, as config overrides.
-TINY = [
-    ("model.width", 32),
-    ("model.layers", 1),
-    ("model.heads", 2),
-    ("model.ff", 64),
-    ("model.context", 32),
-    ("data.batch_size", 8),
-    ("data.val_sequences", 16),
-    ("threads", 1),
-]
+TINY = TINY_SIZES
 # Short self-feedback episodes that fit the tiny context (prompt + continuation - 1 <= 32).
 EPISODES = {"prompt_tokens": 8, "generate_tokens": 16}
 # Small budgets per method: adam and mezo have tiny-model learning rates (the defaults suit the 137k reference model).

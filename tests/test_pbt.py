@@ -1,6 +1,7 @@
 """Population-based training: exploit copies weights and hyperparameters from a better member."""
 
 import torch
+from conftest import TINY_SIZES
 
 from evolm.assembly import worker_from_config
 from evolm.config import build_config
@@ -9,14 +10,7 @@ from evolm.evaluators import LocalEvaluator
 from evolm.strategies import make_strategy
 
 TINY = [
-    ("model.width", 32),
-    ("model.layers", 1),
-    ("model.heads", 2),
-    ("model.ff", 64),
-    ("model.context", 32),
-    ("data.batch_size", 8),
-    ("data.val_sequences", 16),
-    ("threads", 1),
+    *TINY_SIZES,
     ("strategy.name", "pbt"),
     ("strategy.population_size", 4),
     ("strategy.pbt_steps", 10),

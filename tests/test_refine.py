@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import TINY_SIZES
 
 from evolm.assembly import worker_from_config
 from evolm.config import build_config
@@ -11,14 +12,7 @@ from evolm.refine import maybe_refine
 from evolm.strategies import make_strategy
 
 TINY = [
-    ("model.width", 32),
-    ("model.layers", 1),
-    ("model.heads", 2),
-    ("model.ff", 64),
-    ("model.context", 32),
-    ("data.batch_size", 8),
-    ("data.val_sequences", 16),
-    ("threads", 1),
+    *TINY_SIZES,
     ("strategy.population_size", 8),
     ("refine.every", 1),
     ("refine.steps", 5),

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import read_metrics, run_cli, without_wall_clock
+from conftest import TINY_SIZES, read_metrics, run_cli, without_wall_clock
+from test_resume import Interrupted, interrupting_factory
 
 from evolm.assembly import worker_from_config
 from evolm.checkpoint import load_checkpoint
@@ -25,14 +26,7 @@ from evolm.strategies.snes import SnesUpdate, nes_sigma_learning_rate
 from evolm.worker import Worker
 
 TINY = [
-    ("model.width", 32),
-    ("model.layers", 1),
-    ("model.heads", 2),
-    ("model.ff", 64),
-    ("model.context", 32),
-    ("data.batch_size", 8),
-    ("data.val_sequences", 16),
-    ("threads", 1),
+    *TINY_SIZES,
     ("strategy.name", "snes"),
     ("strategy.population_size", 16),
 ]
@@ -176,28 +170,6 @@ def test_snes_runs_a_task(tmp_path, genome):
     assert summary["task"] == "self-feedback" and len(rows) == 3
     assert all(math.isfinite(row["reward"]) and row["sigma_min"] > 0 for row in rows)
     assert rows[-1]["sigma_min"] < rows[-1]["sigma_max"]  # the step sizes moved on the task's fitness
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupting_factory(stop_at):
-    """The standard worker, cut off while the engine reports generation ``stop_at`` (a crash mid-run)."""
-
-    def factory(config):
-        worker = worker_from_config(config)
-        report = worker.report
-
-        def report_until(generation, genes=None):
-            if generation == stop_at:
-                raise Interrupted
-            return report(generation, genes)
-
-        worker.report = report_until
-        return worker
-
-    return factory
 
 
 @pytest.mark.parametrize("genome", ["seed", "lowrank"])

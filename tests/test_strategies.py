@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_SIZES
 from functions import minimise, rastrigin, sphere
 
 from evolm.assembly import worker_from_config
@@ -44,14 +45,7 @@ def test_strategy_reaches_the_optimum_region(name, function, threshold):
 
 
 TINY_LM = [
-    ("model.width", 32),
-    ("model.layers", 1),
-    ("model.heads", 2),
-    ("model.ff", 64),
-    ("model.context", 32),
-    ("data.batch_size", 8),
-    ("data.val_sequences", 16),
-    ("threads", 1),
+    *TINY_SIZES,
     ("generations", 12),
 ]
 LM_CASES = [
