@@ -22,7 +22,8 @@ from torch import nn
 from evolm.adapters import AdaptedModel, check_logits, param_space, unwrap
 from evolm.data import ByteTokenizer, Corpus, load_corpus_text
 from evolm.errors import UsageError
-from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood, parse_terms
+from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood
+from evolm.fitness_terms import GENERATION_TERMS, parse_terms
 from evolm.genome import LowRankGenome, ParamSpace, make_genome
 from evolm.models import LanguageModel, build_initial_model, resolve_device
 from evolm.models.base import model_context
@@ -123,13 +124,14 @@ def _user_validation(model: nn.Module, function: Callable) -> float:
     return float(function(unwrap(model)))
 
 
-def population_chunk(batch_individuals: int, device: torch.device) -> int:
+def population_chunk(batch_individuals: int, device: torch.device, writes: bool = False) -> int:
     """Low-rank individuals per batched pass: as configured, or by device when 0. On 2 CPU cores a
-    batch of individuals ran slower per token than one at a time in place (a bigger working set
-    falls out of cache, benchmarks/throughput.py); GPUs gain from the batch (EGGROLL)."""
+    batch of individuals scoring fixed text ran slower per token than one at a time in place (a bigger
+    working set falls out of cache, benchmarks/throughput.py); GPUs gain from the batch (EGGROLL), and
+    so does writing on any device (a step of one individual is too small to keep a core busy)."""
     if batch_individuals:
         return batch_individuals
-    return 16 if device.type == "cuda" else 1
+    return 16 if device.type == "cuda" or writes else 1
 
 
 def worker_from_config(config, corpus: Corpus | None = None, reward_function=None) -> Worker:
@@ -166,14 +168,16 @@ def worker_from_config(config, corpus: Corpus | None = None, reward_function=Non
     worker.device = device
     worker.config = config
     worker.tokenizer = ByteTokenizer()
-    # EGGROLL's batched pass scores a chunk of low-rank genomes at once when fitness is likelihood alone.
+    # EGGROLL's batched pass: a chunk of low-rank genomes scored at once when fitness is likelihood alone,
+    # or written for at once when the fitness writes (tasks, self-feedback; evolm.population_writing).
     terms = {name: weight for name, weight in parse_terms(config.fitness.terms) if weight}
     likelihood_only = set(terms) == {"likelihood"} and not uses_task(config)
-    if isinstance(worker.genome, LowRankGenome) and supports_population(model) and likelihood_only:
-        chunk = population_chunk(config.genome.batch_individuals, device)
+    writes = uses_task(config) or bool(set(terms) & set(GENERATION_TERMS))
+    if isinstance(worker.genome, LowRankGenome) and supports_population(model) and (likelihood_only or writes):
+        chunk = population_chunk(config.genome.batch_individuals, device, writes and not likelihood_only)
         worker.population_chunk = chunk if chunk > 1 else 0
         # nsga2 keeps raw term values as objectives; the weighted sum scales them.
-        worker.likelihood_weight = 1.0 if config.strategy.name == "nsga2" else terms["likelihood"]
+        worker.likelihood_weight = 1.0 if config.strategy.name == "nsga2" else terms.get("likelihood", 1.0)
     return worker
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from evolm.config_io import apply_mapping, load_toml, set_dotted
 from evolm.errors import UsageError
-from evolm.fitness import validate_fitness_config
+from evolm.fitness_terms import validate_fitness_config
 from evolm.genome import GENOMES
 from evolm.models import MODEL_NAMES
 from evolm.refine import validate_refine_config

@@ -38,13 +38,11 @@ from torch import nn
 
 from evolm.data import VOCAB_SIZE, Batch
 from evolm.errors import UsageError
+from evolm.fitness_terms import GENERATION_TERMS, objective_count, parse_terms
 from evolm.models.base import NonFiniteLogits, model_context
 from evolm.seeding import derive_seed, torch_generator
 from evolm.textstats import distinct_n, diversity_score, ngram_profile, novelty_scores, repetition_rate
 
-TERMS = ("likelihood", "self", "diversity", "margin", "novelty")
-GENERATION_TERMS = ("self", "diversity", "margin", "novelty")  # terms that need the candidate's own continuations
-SCORERS = ("self", "reference")
 # The per-generation report: fixed validation prompts and seed, cheap next to a generation.
 REPORT_PROMPTS = 8
 REPORT_NEW_TOKENS = 32
@@ -111,67 +109,26 @@ def continuation_log_likelihood(
     return -F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)).item()
 
 
-def parse_terms(text: str) -> list[tuple[str, float]]:
-    """``"likelihood=1,self=0.5"`` -> ``[("likelihood", 1.0), ("self", 0.5)]``; a bare name weighs 1.
-
-    Weights are non-negative numbers (every term is already higher-is-better); 0 turns a term off.
-    """
-    example = "e.g. likelihood=1,self=0.5,diversity=0.2"
-    if not text or not text.strip():
-        raise UsageError(f"config field fitness.terms is empty ({example})")
-    terms: list[tuple[str, float]] = []
-    for item in text.split(","):
-        name, has_weight, weight_text = (part.strip() for part in item.partition("="))
-        if not name:
-            raise UsageError(f"config field fitness.terms: empty term in {text!r} ({example})")
-        if name not in TERMS:
-            raise UsageError(f"config field fitness.terms: unknown term {name!r} (choose from {', '.join(TERMS)})")
-        if any(name == seen for seen, _ in terms):
-            raise UsageError(f"config field fitness.terms: term {name!r} appears twice in {text!r}")
-        try:
-            weight = float(weight_text) if has_weight else 1.0
-        except ValueError:
-            weight = math.nan
-        if not (math.isfinite(weight) and weight >= 0):
-            raise UsageError(
-                f"config field fitness.terms: weight of {name!r} must be a non-negative number, got {weight_text!r}"
-            )
-        terms.append((name, weight))
-    if not any(weight > 0 for _, weight in terms):
-        raise UsageError(f"config field fitness.terms: every weight in {text!r} is 0; at least one term must count")
-    return terms
-
-
-def objective_count(config) -> int:
-    """Objectives a run's fitness returns: one per term of non-zero weight for nsga2, else one (the weighted sum)."""
-    if config.strategy.name != "nsga2" or config.task.name or config.task.reward:
-        return 1  # a task's fitness is one value (its reward, normalised per prompt)
-    return sum(1 for _, weight in parse_terms(config.fitness.terms) if weight > 0)
-
-
-def validate_fitness_config(config) -> None:
-    """Raise UsageError (one line naming the field) for a fitness section this build cannot use."""
-    fitness = config.fitness
-    terms = parse_terms(fitness.terms)
-    for key in ("prompts", "prompt_tokens", "generate_tokens"):
-        if getattr(fitness, key) <= 0:
-            raise UsageError(f"config field fitness.{key} must be positive, got {getattr(fitness, key)}")
-    if not (math.isfinite(fitness.temperature) and fitness.temperature >= 0):
-        raise UsageError(f"config field fitness.temperature must be 0 (greedy) or positive, got {fitness.temperature}")
-    if fitness.scorer not in SCORERS:
-        raise UsageError(
-            f"config field fitness.scorer: unknown scorer {fitness.scorer!r} (choose from {', '.join(SCORERS)})"
-        )
-    if not math.isfinite(fitness.margin):
-        raise UsageError(f"config field fitness.margin must be a finite number, got {fitness.margin}")
-    if any(name == "novelty" and weight > 0 for name, weight in terms) and config.strategy.name == "pbt":
-        raise UsageError(
-            "config field fitness.terms: the novelty term needs a population scored together, "
-            "and pbt scores its members one by one; drop novelty or choose es, ga, nsga2 or cmaes"
-        )
-
-
 # --- the fitness object -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Writing:
+    """What every individual writes in a generation: the same prompts (B, T), length, temperature and
+    sampling seed, so a worker can write for a whole low-rank population in one batched pass
+    (:func:`evolm.population_writing.population_write`) and hand each its :class:`Written` tokens."""
+
+    prompts: torch.Tensor
+    new_tokens: int
+    temperature: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Written:
+    """One individual's continuations, written for it beforehand (None: it diverged while writing)."""
+
+    tokens: torch.Tensor | None
 
 
 @dataclass
@@ -294,8 +251,11 @@ class Fitness:
         """Every active term's raw value (higher is better), sharing one generation and one batch forward."""
         return self._scores(model, context)[0]
 
-    def _scores(self, model: nn.Module, context: FitnessContext) -> tuple[dict[str, float], torch.Tensor | None]:
-        """The raw values (novelty 0: it needs the population) and the continuations, None when not generated or diverged."""
+    def _scores(
+        self, model: nn.Module, context: FitnessContext, written: Written | None = None
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
+        """The raw values (novelty 0: it needs the population) and the continuations, None when not generated
+        or diverged; ``written``: the continuations written beforehand (batched), else ``model`` writes them."""
         values: dict[str, float] = {}
         continuations = None
         if "likelihood" in self.names or ("margin" in self.names and self.reference is None):
@@ -303,7 +263,11 @@ class Fitness:
             if "likelihood" in self.names:
                 values["likelihood"] = real
         if self.needs_generation:
-            continuations = self._generate(model, context.prompts, context.sampling_seed, self.generate_tokens)
+            continuations = (
+                self._generate(model, context.prompts, context.sampling_seed, self.generate_tokens)
+                if written is None
+                else written.tokens
+            )
             if continuations is None:
                 return {name: -math.inf for name in self.names}, None
             if self.names & {"self", "margin"}:
@@ -335,15 +299,27 @@ class Fitness:
         """True when a term (novelty) is finished on the driver with the whole population's results."""
         return "novelty" in self.names
 
-    @torch.no_grad()
-    def __call__(self, model: nn.Module, context: FitnessContext) -> tuple[float, ...]:
-        """The objectives of one model scored alone (novelty 0)."""
-        return self._objectives(self._scores(model, context)[0])
+    def writing(self, context: FitnessContext) -> Writing | None:
+        """What every individual writes this generation (None: no active term reads continuations)."""
+        if not self.needs_generation:
+            return None
+        return Writing(context.prompts, self.generate_tokens, self.temperature, context.sampling_seed)
+
+    @property
+    def reads_model_after_writing(self) -> bool:
+        """Whether a term needs the candidate itself once its continuations are written (real-text
+        likelihood, or the candidate scoring its own text): else ``written`` tokens are all it needs."""
+        return "likelihood" in self.names or (self.reference is None and bool(self.names & {"self", "margin"}))
 
     @torch.no_grad()
-    def scored(self, model: nn.Module, context: FitnessContext) -> Scored:
+    def __call__(self, model: nn.Module, context: FitnessContext, written: Written | None = None) -> tuple[float, ...]:
+        """The objectives of one model scored alone (novelty 0)."""
+        return self._objectives(self._scores(model, context, written)[0])
+
+    @torch.no_grad()
+    def scored(self, model: nn.Module, context: FitnessContext, written: Written | None = None) -> Scored:
         """The objectives with novelty still to add, and the n-gram profile novelty is measured on."""
-        values, continuations = self._scores(model, context)
+        values, continuations = self._scores(model, context, written)
         objectives = self._objectives(values)
         names = [name for name, _ in self.active]
         index = names.index("novelty") if self.multi_objective else 0

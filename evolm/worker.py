@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from evolm.fitness import finite_or_worst
+from evolm.fitness import Written, finite_or_worst
 from evolm.population import population_log_likelihood
+from evolm.population_writing import population_write
 from evolm.step_sizes import StepSizes
 
 
@@ -65,17 +66,26 @@ class Worker:
         :class:`evolm.fitness.Scored` results when a term needs the whole population (novelty)."""
         context = self.fitness_context(generation)
         tokens = self.fitness.tokens(context)
-        if self.population_chunk:
-            results: list = []
-            for start in range(0, len(genes_list), self.population_chunk):
-                chunk = genes_list[start : start + self.population_chunk]
-                scores = population_log_likelihood(self.model, context.batch, self.genome, chunk)
-                results.extend((finite_or_worst(self.likelihood_weight * score),) for score in scores)
-            self.forward_tokens += tokens * len(genes_list)
-            return results
         # Novelty is finished on the driver against the whole population (evolm.fitness.with_novelty).
         score = self.fitness.scored if getattr(self.fitness, "needs_population", False) else self.fitness
-        results = []
+        results: list = []
+        if self.population_chunk:
+            writing = self.fitness.writing(context) if hasattr(self.fitness, "writing") else None
+            for start in range(0, len(genes_list), self.population_chunk):
+                chunk = genes_list[start : start + self.population_chunk]
+                if writing is None:  # likelihood alone: the whole chunk scored in one batched pass
+                    scores = population_log_likelihood(self.model, context.batch, self.genome, chunk)
+                    results.extend((finite_or_worst(self.likelihood_weight * score),) for score in scores)
+                    continue
+                # The chunk writes in one batched pass; each is then scored on what it wrote, its genes
+                # applied in place only when a term reads the candidate again.
+                written = population_write(self.model, self.genome, chunk, writing)
+                reads_model = self.fitness.reads_model_after_writing
+                for genes, tokens_written in zip(chunk, written):
+                    with self.applied(genes if reads_model else None) as model:
+                        results.append(score(model, context, written=Written(tokens_written)))
+            self.forward_tokens += tokens * len(genes_list)
+            return results
         for genes in genes_list:
             self.genome.apply(self.model, genes)
             try:

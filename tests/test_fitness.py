@@ -15,10 +15,9 @@ from evolm.fitness import (
     build_fitness,
     continuation_log_likelihood,
     mean_log_likelihood,
-    objective_count,
-    parse_terms,
     with_novelty,
 )
+from evolm.fitness_terms import objective_count, parse_terms
 from evolm.models import GPT, GPTConfig, LSTMConfig, LSTMLanguageModel
 from evolm.seeding import scoped_torch_seed
 from evolm.textstats import distinct_n, diversity_score, ngram_profile, novelty_scores, repetition_rate

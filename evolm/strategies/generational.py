@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from deap import tools
 
 from evolm.checkpoint import individual_from_tree, individual_to_tree
-from evolm.fitness import objective_count
+from evolm.fitness_terms import objective_count
 from evolm.individuals import clone_individual
 from evolm.seeding import numpy_generator
 from evolm.strategies.base import Strategy

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from evolm.data import Corpus
+from evolm.fitness import Writing, Written
 from evolm.seeding import derive_seed
 from evolm.tasks.runtime import TaskRuntime
 from evolm.textstats import printable
@@ -159,10 +160,21 @@ class TaskFitness:
             total += self.runtime.scored_tokens(context.tokens, answer)
         return total
 
-    @torch.no_grad()
-    def scored(self, model: nn.Module, context: TaskContext) -> PromptScores:
+    def writing(self, context: TaskContext) -> Writing:
+        """What every individual writes this generation: the generation's prompts, seeded alike."""
         runtime = self.runtime
-        new = runtime.write(model, context.tokens, context.seed)
+        return Writing(context.tokens, runtime.new_tokens, runtime.temperature, context.seed)
+
+    @property
+    def reads_model_after_writing(self) -> bool:
+        """Only the dense ``logprob`` fitness reads the candidate again (the answers' log-probabilities)."""
+        return self.kind == "logprob"
+
+    @torch.no_grad()
+    def scored(self, model: nn.Module, context: TaskContext, written: Written | None = None) -> PromptScores:
+        """``written``: the continuations written beforehand (a batched population pass), else ``model`` writes."""
+        runtime = self.runtime
+        new = runtime.write(model, context.tokens, context.seed) if written is None else written.tokens
         if new is None:
             return PromptScores([], [], self.normalise)
         completions = runtime.decode(new)
@@ -179,9 +191,9 @@ class TaskFitness:
         return PromptScores(values, rewards, self.normalise)
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, context: TaskContext) -> tuple[float]:
+    def __call__(self, model: nn.Module, context: TaskContext, written: Written | None = None) -> tuple[float]:
         """The raw mean value of one model scored alone (pbt; no population to normalise against)."""
-        scores = self.scored(model, context)
+        scores = self.scored(model, context, written)
         return (float(np.mean(scores.values)),) if scores.values else (-math.inf,)
 
     @torch.no_grad()

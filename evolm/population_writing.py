@@ -1,0 +1,73 @@
+"""Whole-population text generation for low-rank genomes: every individual writes its continuations in
+one batched, cached pass (EGGROLL, Sarkar et al. 2025, arXiv:2511.16652, applied to sampling).
+
+Reward and self-feedback fitness spend their time writing, not scoring. Written one individual at a
+time, a population of P individuals on B prompts runs P generations of batch B, each step a handful
+of tiny matrix products dominated by per-call overhead; here the model's own ``prefill`` and ``step``
+run once on the prompts stacked P times (P*B rows, individual by individual) inside
+:func:`evolm.population.population_forwards`, so each step is one call per layer for everyone, with
+each individual's rank-r correction (its own key/value cache rows, or its own LSTM state rows, come
+for free: they are just rows of the stacked batch).
+
+Sampling is exactly what each individual would draw alone. Every individual samples from a generator
+seeded the same way (common random numbers: :class:`evolm.fitness.FitnessContext`'s sampling seed),
+and the exponential race of :func:`evolm.models.base.sample_next` draws its noise by shape only, so
+one ``(B, vocab)`` draw per step, shared by the P individuals, is the noise each would have drawn.
+An individual whose probabilities turn NaN (a diverged perturbation) is flagged alone, on the device,
+and read once at the end; the others' rows are unaffected. tests/test_population_writing.py checks
+the GPT, the LSTM and a Hugging Face GPT-2 against writing one individual at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from evolm.fitness import Writing
+from evolm.genome import LowRankGenome
+from evolm.models.base import _race_noise, device_generator
+from evolm.population import PopulationDelta, population_forwards
+
+
+def _sample(
+    logits: torch.Tensor, temperature: float, population: int, generator, invalid: torch.Tensor
+) -> torch.Tensor:
+    """One token per stacked row (P*B, 1): each individual's rows sampled as :func:`sample_next` would
+    sample them alone; ``invalid`` (P,) is set for individuals whose logits (greedy) or probabilities
+    (sampling) are not finite."""
+    rows = logits.shape[0] // population
+    if temperature <= 0:
+        invalid.logical_or_(~torch.isfinite(logits.reshape(population, -1)).all(dim=1))
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = torch.softmax(logits.float() / temperature, dim=-1).reshape(population, rows, -1)
+    invalid.logical_or_(probs.isnan().flatten(1).any(dim=1))
+    noise = _race_noise(probs[0], generator)  # the (B, vocab) draw each individual would make alone
+    return (probs / noise).argmax(dim=-1).reshape(-1, 1)
+
+
+@torch.no_grad()
+def population_write(model: nn.Module, genome: LowRankGenome, genes_list: list, writing: Writing) -> list:
+    """Each individual's continuations of ``writing.prompts`` (B, T): a (B, new_tokens) tensor on the
+    model's device, or None for an individual that diverged while it wrote, as ``model.generate(prompts,
+    new_tokens, temperature, torch.Generator().manual_seed(seed))`` gives with its genes applied (it
+    raises on NaN probabilities; with greedy decoding, non-finite logits count as diverged, as
+    :meth:`evolm.tasks.runtime.TaskRuntime.write` checks)."""
+    prompts, new_tokens = writing.prompts, writing.new_tokens
+    population = len(genes_list)
+    if new_tokens <= 0:
+        return [prompts.new_empty((prompts.shape[0], 0)) for _ in genes_list]
+    delta = PopulationDelta(genome, genes_list, rows=prompts.shape[0])
+    stacked = prompts.repeat(population, 1)  # individual i's rows: i*B .. (i+1)*B - 1
+    with population_forwards(model, delta):
+        logits, state = model.prefill(stacked)
+        generator = device_generator(torch.Generator().manual_seed(writing.seed), logits.device)
+        written = torch.empty((stacked.shape[0], new_tokens), dtype=torch.long, device=logits.device)
+        invalid = torch.zeros(population, dtype=torch.bool, device=logits.device)
+        for index in range(new_tokens):
+            token = _sample(logits, writing.temperature, population, generator, invalid)
+            written[:, index : index + 1] = token
+            if index + 1 < new_tokens:
+                logits, state = model.step(token, state)
+    diverged = invalid.tolist()  # the one read from the device
+    per_individual = written.view(population, prompts.shape[0], new_tokens)
+    return [None if bad else per_individual[i] for i, bad in enumerate(diverged)]
