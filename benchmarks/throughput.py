@@ -15,7 +15,9 @@ thread; all cores inside each operator (torch intra-op threads); one Python thre
 with its own model copy and one intra-op thread (the ``threads`` evaluator backend; for plain
 inference, two model copies running the batch shape at once). Every method's rate is its best
 setting's median; ``lowrank_tokens_per_s`` is the faster of (b) and (c). Also: cached generation
-time at 256 and 512 new tokens (linear growth means a ratio near 2).
+time at 256 and 512 new tokens (linear growth means a ratio near 2), and under ``generation`` the
+population *writing* its continuations against plain batched generation at the same total batch
+(benchmarks/generation_throughput.py: ``generation.lowrank_ratio`` and the others).
 
     python benchmarks/throughput.py [--repeats 9] [--quick]
 """
@@ -33,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, print_table, summary, write_result  # noqa: E402
+from generation_throughput import measure_generation  # noqa: E402
 
 from evolm.config import build_config  # noqa: E402
 from evolm.data import Batch  # noqa: E402
@@ -187,6 +190,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--population", type=int, default=16, help="individuals per timed call (antithetic pairs)")
     parser.add_argument("--chunks", default="2,4", help="batched-pass chunk sizes to try")
+    parser.add_argument("--write-chunks", default="4,8,16", help="individuals per batched writing pass to try")
     parser.add_argument("--quick", action="store_true", help="default size only, 3 repeats")
     args = parser.parse_args()
     cores = torch.get_num_threads()
@@ -201,6 +205,9 @@ def main() -> None:
     results = {
         size: measure(overrides, repeats, args.population, chunks, settings) for size, overrides in sizes.items()
     }
+    write_chunks = [int(c) for c in args.write_chunks.split(",")]
+    for size, overrides in sizes.items():
+        results[size]["generation"] = measure_generation(overrides, repeats, args.population, write_chunks, settings)
     path = write_result("throughput", {"sizes": results, "repeats": repeats})
     for size, r in results.items():
         print(f"{size}: best settings " + ", ".join(f"{m} = {k}" for m, k in r["best_setting"].items()))
@@ -230,6 +237,20 @@ def main() -> None:
             "gen 512/256",
         ],
         rows,
+    )
+    print_table(
+        ["model", "plain gen tok/s", "lowrank write", "lowrank evaluate", "lowrank in place", "seed evaluate"],
+        [
+            [
+                size,
+                f"{g['plain_tokens_per_s']:,.0f}",
+                f"{g['lowrank_ratio']:.2f} (x{g['lowrank_write_chunk']})",
+                f"{g['lowrank_evaluate_ratio']:.2f}",
+                f"{g['lowrank_in_place_ratio']:.2f}",
+                f"{g['seed_ratio']:.2f}",
+            ]
+            for size, g in ((size, r["generation"]) for size, r in results.items())
+        ],
     )
 
 

@@ -28,6 +28,47 @@ from evolm.genome import LowRankGenome
 from evolm.models.base import _race_noise, device_generator
 from evolm.population import PopulationDelta, population_forwards
 
+# Folding every individual's weights once per pass costs P x the evolving matrices' bytes; above this
+# the pass keeps EGGROLL's factored form (a shared matmul plus each row's rank-r correction, per step).
+FOLD_BYTES = 256 * 2**20
+
+
+class WritingDelta(PopulationDelta):
+    """The population's perturbations for a whole writing pass: each individual's whole tensors
+    (``W + A_i B_i^T``, biases, norms, an LSTM's ``W_hh``) are built once, on first use, and reused by
+    every step. A step of generation feeds each individual only B rows, so per step the factored form
+    pays a shared matmul plus two small batched products, where the folded form pays one batched
+    matmul (measured on 2 CPU cores, the default GPT, 16 individuals x 8 prompts: 0.85x plain batched
+    generation factored, 0.97x folded)."""
+
+    def __init__(self, genome: LowRankGenome, genes_list: list, rows: int):
+        super().__init__(genome, genes_list, rows)
+        self._whole: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def fits(genome: LowRankGenome, population: int) -> bool:
+        matrices = [t for t in genome.space.tensors if t.dim() == 2]
+        return population * sum(t.numel() * t.element_size() for t in matrices) <= FOLD_BYTES
+
+    def full(self, param: torch.Tensor) -> torch.Tensor:
+        if id(param) not in self._whole:
+            self._whole[id(param)] = super().full(param)
+        return self._whole[id(param)]
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.name(weight) not in self.factors:
+            return super().linear(x, weight, bias)
+        folded = self.full(weight).transpose(1, 2)  # (P, in, out)
+        if bias is not None and self.name(bias):
+            bias = self.full(bias)
+        if bias is None:
+            return torch.bmm(x, folded)
+        start = bias.unsqueeze(1) if bias.dim() == 2 else bias.expand(x.shape[0], 1, -1)
+        return torch.baddbmm(start, x, folded)
+
+    def embedding(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self._gather(self.full(weight), ids) if self.name(weight) else super().embedding(ids, weight)
+
 
 def _sample(
     logits: torch.Tensor, temperature: float, population: int, generator, invalid: torch.Tensor
@@ -56,7 +97,9 @@ def population_write(model: nn.Module, genome: LowRankGenome, genes_list: list, 
     population = len(genes_list)
     if new_tokens <= 0:
         return [prompts.new_empty((prompts.shape[0], 0)) for _ in genes_list]
-    delta = PopulationDelta(genome, genes_list, rows=prompts.shape[0])
+    rows = prompts.shape[0]
+    folds = WritingDelta.fits(genome, population) and new_tokens > 1
+    delta = (WritingDelta if folds else PopulationDelta)(genome, genes_list, rows=rows)
     stacked = prompts.repeat(population, 1)  # individual i's rows: i*B .. (i+1)*B - 1
     with population_forwards(model, delta):
         logits, state = model.prefill(stacked)
@@ -69,5 +112,5 @@ def population_write(model: nn.Module, genome: LowRankGenome, genes_list: list, 
             if index + 1 < new_tokens:
                 logits, state = model.step(token, state)
     diverged = invalid.tolist()  # the one read from the device
-    per_individual = written.view(population, prompts.shape[0], new_tokens)
+    per_individual = written.view(population, rows, new_tokens)
     return [None if bad else per_individual[i] for i, bad in enumerate(diverged)]
