@@ -20,12 +20,17 @@ the GPT, the LSTM and a Hugging Face GPT-2 against writing one individual at a t
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any, cast
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from evolm.fitness import Writing
 from evolm.genome import LowRankGenome
 from evolm.models.base import _race_noise, device_generator
+from evolm.models.gpt import GPT, Block
 from evolm.population import PopulationDelta, population_forwards
 
 # Folding every individual's weights once per pass costs P x the evolving matrices' bytes; above this
@@ -86,6 +91,54 @@ def _sample(
     return (probs / noise).argmax(dim=-1).reshape(-1, 1)
 
 
+class _GPTWriter:
+    """The GPT's prefill and step written out on (P, B*t, width), as :func:`evolm.population.gpt_population_logits`
+    writes its forward (no module hooks: a step is small, and the hooks' Python cost per module is a large
+    share of it). The same cache, windows and rebuilds as :class:`evolm.models.gpt.GPT`."""
+
+    def __init__(self, model: GPT, delta: PopulationDelta):
+        self.model, self.delta = model, delta
+
+    def _run(self, tokens: torch.Tensor, start: int, caches=None):
+        model, delta = self.model, self.delta
+        population, rows, time = delta.size, tokens.shape[0], tokens.shape[1]
+        ids = tokens.reshape(population, -1)
+        positions = torch.arange(start, start + time, device=tokens.device).repeat(rows // population)
+        x = delta.embedding(ids, model.token_embedding.weight)
+        x = x + delta.embedding(positions.expand(population, -1), model.position_embedding.weight)
+        new_caches = []
+        for index, block in enumerate(cast("list[Block]", model.blocks)):
+            attn, width = block.attn, x.shape[-1]
+            qkv = delta.linear(delta.layer_norm(x, block.norm1), attn.qkv.weight, attn.qkv.bias)
+            shape = (rows, time, attn.heads, width // attn.heads)
+            q, k, v = (t.reshape(shape).transpose(1, 2) for t in qkv.split(width, dim=2))
+            if caches is not None:
+                k = torch.cat([caches[index][0], k], dim=2)
+                v = torch.cat([caches[index][1], v], dim=2)
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=caches is None)
+            attended = attended.transpose(1, 2).reshape(population, -1, width)
+            x = x + delta.linear(attended, attn.proj.weight, attn.proj.bias)
+            h = F.gelu(delta.linear(delta.layer_norm(x, block.norm2), block.fc.weight, block.fc.bias))
+            x = x + delta.linear(h, block.fc_out.weight, block.fc_out.bias)
+            new_caches.append((k, v))
+        logits = delta.linear(delta.layer_norm(x, model.norm), model.head.weight, model.head.bias)
+        return logits.reshape(rows, time, -1), new_caches
+
+    def prefill(self, prompt: torch.Tensor):
+        window = prompt[:, -self.model.config.context :]
+        logits, caches = self._run(window, 0)
+        return logits[:, -1], (caches, window)
+
+    def step(self, tokens: torch.Tensor, state):
+        caches, window = state
+        window = torch.cat([window, tokens], dim=1)
+        context = self.model.config.context
+        if window.shape[1] > context:
+            return self.prefill(window[:, -(context // 2 + 1) :])
+        logits, caches = self._run(tokens, window.shape[1] - 1, caches)
+        return logits[:, -1], (caches, window)
+
+
 @torch.no_grad()
 def population_write(model: nn.Module, genome: LowRankGenome, genes_list: list, writing: Writing) -> list:
     """Each individual's continuations of ``writing.prompts`` (B, T): a (B, new_tokens) tensor on the
@@ -101,8 +154,11 @@ def population_write(model: nn.Module, genome: LowRankGenome, genes_list: list, 
     folds = WritingDelta.fits(genome, population) and new_tokens > 1
     delta = (WritingDelta if folds else PopulationDelta)(genome, genes_list, rows=rows)
     stacked = prompts.repeat(population, 1)  # individual i's rows: i*B .. (i+1)*B - 1
-    with population_forwards(model, delta):
-        logits, state = model.prefill(stacked)
+    # The GPT's own writer (exact type: a subclass may change its forward); any other model runs its own
+    # prefill and step with every evolving module replaced (evolm.population.population_forwards).
+    writer: Any = _GPTWriter(model, delta) if type(model) is GPT else model
+    with contextlib.nullcontext() if type(model) is GPT else population_forwards(model, delta):
+        logits, state = writer.prefill(stacked)
         generator = device_generator(torch.Generator().manual_seed(writing.seed), logits.device)
         written = torch.empty((stacked.shape[0], new_tokens), dtype=torch.long, device=logits.device)
         invalid = torch.zeros(population, dtype=torch.bool, device=logits.device)
@@ -110,7 +166,7 @@ def population_write(model: nn.Module, genome: LowRankGenome, genes_list: list, 
             token = _sample(logits, writing.temperature, population, generator, invalid)
             written[:, index : index + 1] = token
             if index + 1 < new_tokens:
-                logits, state = model.step(token, state)
+                logits, state = writer.step(token, state)
     diverged = invalid.tolist()  # the one read from the device
     per_individual = written.view(population, rows, new_tokens)
     return [None if bad else per_individual[i] for i, bad in enumerate(diverged)]
