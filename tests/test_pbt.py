@@ -41,13 +41,14 @@ def test_exploit_copies_weights_and_hyperparameters_from_a_better_member():
     assert evaluated == 4 and step_metrics["extra_forward_tokens"] > 0
 
 
-def test_pbt_refuses_ray_workers():
+def test_pbt_refuses_thread_workers():
+    """Members train in-process or on Ray actors (tests/test_pbt_ray.py), not on threads."""
     import pytest
 
     from evolm.errors import UsageError
 
-    with pytest.raises(UsageError, match="in-process"):
-        build_config(overrides=[*TINY, ("evaluator.workers", 2)])
+    with pytest.raises(UsageError, match="evaluator.backend"):
+        build_config(overrides=[*TINY, ("evaluator.workers", 2), ("evaluator.backend", "threads")])
 
 
 def test_pbt_dropout_is_seeded_and_leaves_the_callers_rng_states_alone():

@@ -9,9 +9,18 @@ a random member of the top quantile (exploit), and perturb the copied hyperparam
 with probability ``pbt_resample`` a fresh draw, else DEAP's bounded polynomial mutation on the
 [0, 1]-encoded genome. Ray Tune's PBT defaults: quantile 0.25, resample 0.25.
 
-Members train in-process on the driver's worker, one after another, using its model as scratch
-space; the best member's weights become the worker's base after every generation, so validation,
-reports and the saved model follow the best member.
+Where members live. In-process, they train on the driver's worker, one after another, using its
+model as scratch space. With ``evaluator.backend = ray`` and workers (or a cluster address,
+:func:`members_on_ray`), each member lives in a Ray actor and trains there
+(:mod:`evolm.evaluators.pbt_ray`): ``ask`` hands the evaluator unscored individuals that carry
+``member`` (the index) and ``member_start`` (the state to train from: a dict of ``tensors`` and
+``optimizer``, or the handle the evaluator gave back last generation), and the evaluator sets
+``member_trained`` (a handle whose ``weights()`` and ``state()`` fetch the trained state) on each.
+The driver only decides exploit and explore, with the same seeded draws, so both give the same
+metrics: exploit hands the winner's handle to the loser, whose actor loads the state from Ray's
+object store. Either way the best member's weights become the driver worker's base after every
+generation, so validation, reports and the saved model follow the best member; a checkpoint holds
+every member in the same form, so a run checkpointed in-process resumes on Ray and back.
 
 Memory: each member holds its own copy of the evolving weights and Adam's two moments, members x 3 x
 the weight bytes (the default 8 members: 24x the weights, 13 MB for the default 137k model, about
@@ -36,6 +45,15 @@ from evolm.strategies.base import Strategy, check_population_at_least, check_pos
 from evolm.strategies.shaping import best_first
 
 
+def members_on_ray(config) -> bool:
+    """Whether pbt's members live in Ray actors: ``evaluator.backend = ray`` with workers or a cluster
+    address (the condition under which :func:`evolm.evaluators.make_evaluator` picks Ray)."""
+    settings = config.evaluator
+    return (
+        config.strategy.name == "pbt" and settings.backend == "ray" and bool(settings.workers or settings.ray_address)
+    )
+
+
 class PopulationBasedTraining(Strategy):
     name = "pbt"
     # Each member holds its own copy of the evolving weights and Adam's two moments: members x 3 x the
@@ -45,16 +63,25 @@ class PopulationBasedTraining(Strategy):
     def __init__(self, config):
         super().__init__(config)
         self.genome = HyperGenome()
+        self.on_ray = members_on_ray(config)
+        # In-process: {"genes", "tensors", "optimizer"}; on Ray: {"genes", "state"}, the state a dict of
+        # tensors and optimizer (the start, or restored) or the evaluator's handle of the trained state.
         self.members: list[dict] = []
 
     @staticmethod
     def validate(config) -> None:
-        settings = config.strategy
-        if config.evaluator.workers or config.evaluator.ray_address:
+        settings, evaluator = config.strategy, config.evaluator
+        if evaluator.backend == "threads" and evaluator.workers > 1:
             raise UsageError(
-                "config field strategy.name: pbt trains its members in-process; drop --workers/--ray-address"
+                "config field evaluator.backend: pbt trains its members in-process or on Ray actors "
+                "(evaluator.backend = ray), not on threads"
             )
         check_population_at_least(config, 2, "pbt")
+        if members_on_ray(config) and evaluator.workers > settings.population_size:
+            raise UsageError(
+                f"config field evaluator.workers: pbt places each of its {settings.population_size} members on one "
+                f"Ray actor; {evaluator.workers} actors would leave some idle (use at most strategy.population_size)"
+            )
         check_positive(config, "pbt_steps")
         if not 0.0 < settings.pbt_quantile <= 0.5:
             raise UsageError(f"config field strategy.pbt_quantile must be in (0, 0.5], got {settings.pbt_quantile}")
@@ -65,66 +92,44 @@ class PopulationBasedTraining(Strategy):
         if self.members:
             return
         rng = numpy_generator(self.run_seed, "pbt", "init")
+        start = {"tensors": _copy_weights(worker.space), "optimizer": None}  # on Ray: one copy, shipped once
         for _ in range(self.population_size):
-            self.members.append(
-                {"genes": self._random_genes(rng), "tensors": _copy_weights(worker.space), "optimizer": None}
-            )
+            genes = self._random_genes(rng)
+            if self.on_ray:
+                self.members.append({"genes": genes, "state": start})
+            else:
+                self.members.append({"genes": genes, "tensors": _copy_weights(worker.space), "optimizer": None})
 
     def _random_genes(self, rng: np.random.Generator) -> list[float]:
         """Hyperparameters drawn uniformly on the genome's [0, 1] encoding (log scale for the learning rate)."""
         return [float(g) for g in rng.random(self.genome.size)]
 
-    def _train(self, member: dict, index: int, generation: int) -> int:
-        """One ready interval of Adam steps on ``member``; returns the forward tokens it used."""
-        worker, config = self.worker, self.config
-        values = self.genome.decode(member["genes"])
-        _load_weights(worker.space, member["tensors"])
-        parameters = worker.space.parameters
-        optimizer = torch.optim.Adam(parameters, lr=values["learning_rate"], weight_decay=values["weight_decay"])
-        if member["optimizer"] is not None:
-            # A deep copy: load_state_dict may keep the stored tensors, and Adam updates them in place.
-            optimizer.load_state_dict(copy.deepcopy(member["optimizer"]))
-            for group in optimizer.param_groups:  # the member's (possibly explored) hyperparameters win
-                group["lr"], group["weight_decay"] = values["learning_rate"], values["weight_decay"]
-        generator = torch_generator(self.run_seed, "pbt-batches", index, generation)
-        batch_size = values["batch_size"]
-        self.genome.apply(worker.model, member["genes"])  # dropout
-        worker.model.train()
-        with torch.enable_grad(), scoped_torch_seed(derive_seed(self.run_seed, "pbt-dropout", index, generation)):
-            for p in parameters:
-                p.requires_grad_(True)
-            for _ in range(config.strategy.pbt_steps):
-                batch = worker.corpus.sample_batch(batch_size, generator).to(worker.device)
-                logits = worker.model(batch.inputs)
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        worker.model.eval()
-        self.genome.undo(worker.model, member["genes"])
-        for p in parameters:
-            p.grad = None
-        member["tensors"] = _copy_weights(worker.space)
-        member["optimizer"] = copy.deepcopy(optimizer.state_dict())
-        return config.strategy.pbt_steps * batch_size * config.model.context
+    def _interval_tokens(self, genes) -> int:
+        """Forward tokens of one ready interval under ``genes`` (its batch size)."""
+        return self.config.strategy.pbt_steps * self.genome.decode(genes)["batch_size"] * self.config.model.context
 
     def ask(self, generation: int) -> list:
-        """Train every member for one ready interval, then score it on the generation's shared fitness batch."""
-        worker = self.worker
-        context = worker.fitness_context(generation)
-        population, self.train_tokens = [], 0
+        """In-process: train every member for one ready interval, then score it on the generation's shared
+        fitness batch. On Ray: the members unscored, for the evaluator to train and score on the actors."""
+        population = []
+        self.train_tokens = sum(self._interval_tokens(member["genes"]) for member in self.members)
+        context = None if self.on_ray else self.worker.fitness_context(generation)
         for index, member in enumerate(self.members):
-            self.train_tokens += self._train(member, index, generation)
             individual = make_individual(list(member["genes"]))
             individual.member = index
-            with torch.no_grad():
-                individual.fitness.values = worker.fitness(worker.model, context)
-            worker.forward_tokens += worker.fitness.tokens(context)
+            if context is None:
+                individual.member_start = member["state"]
+            else:
+                train_member(self.worker, self.genome, member, index, generation, self.run_seed, self.config)
+                individual.fitness.values = score_member(self.worker, context)
             population.append(individual)
         return population
 
     def _tell(self, population, values: np.ndarray, generation: int):
         settings = self.config.strategy
+        if self.on_ray:
+            for individual in population:
+                self.members[individual.member]["state"] = individual.member_trained
         # Truncation selection: the bottom quantile exploits the top quantile.
         order = best_first(values)
         count = max(1, int(round(len(order) * settings.pbt_quantile)))
@@ -136,8 +141,11 @@ class PopulationBasedTraining(Strategy):
             for loser in bottom:
                 winner = int(top[rng.integers(len(top))])
                 source, target = self.members[winner], self.members[int(loser)]
-                target["tensors"] = [t.clone() for t in source["tensors"]]
-                target["optimizer"] = copy.deepcopy(source["optimizer"])
+                if self.on_ray:  # the handle, not the state: the loser's actor loads it from the object store
+                    target["state"] = source["state"]
+                else:
+                    target["tensors"] = [t.clone() for t in source["tensors"]]
+                    target["optimizer"] = copy.deepcopy(source["optimizer"])
                 # Explore: a fresh draw, or a bounded perturbation of the winner's hyperparameters.
                 genes = list(source["genes"])
                 if rng.random() < settings.pbt_resample:
@@ -148,20 +156,84 @@ class PopulationBasedTraining(Strategy):
                 exploited.append((int(loser), winner))
         best = self.members[int(order[0])]
         # The best member becomes the worker's base: validation, reports and the saved model follow it.
-        _load_weights(self.worker.space, best["tensors"])
+        _load_weights(self.worker.space, _weights_of(best["state"]) if self.on_ray else best["tensors"])
         self.worker.space.commit()
         metrics = {f"best_{k}": v for k, v in self.genome.decode(best["genes"]).items()}
         metrics["exploited"] = exploited
         metrics["extra_forward_tokens"] = self.train_tokens
-        metrics["extra_evaluations"] = len(population)
+        # In-process the members were scored in ask (the engine saw none to evaluate); on Ray the evaluator scored them.
+        metrics["extra_evaluations"] = 0 if self.on_ray else len(population)
         return metrics, None
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "members": self.members}
+        """Every member as genes, tensors and optimizer state, wherever it lives (Ray: fetched here)."""
+        members = [{"genes": m["genes"], **_state_of(m)} for m in self.members] if self.on_ray else self.members
+        return {**super().state_dict(), "members": members}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.members = state["members"]
+        members = state["members"]
+        if self.on_ray:
+            members = [
+                {"genes": m["genes"], "state": {"tensors": m["tensors"], "optimizer": m["optimizer"]}} for m in members
+            ]
+        self.members = members
+
+
+def train_member(worker, genome: HyperGenome, member: dict, index: int, generation: int, run_seed: int, config) -> None:
+    """One ready interval of Adam steps on ``member`` (its ``genes``, ``tensors``, ``optimizer``: replaced
+    by the trained ones), with ``worker``'s model as scratch space, which then holds the trained weights.
+    The driver's worker runs it in-process, a Ray actor's worker on Ray: the same seeded arithmetic."""
+    values = genome.decode(member["genes"])
+    _load_weights(worker.space, member["tensors"])
+    parameters = worker.space.parameters
+    optimizer = torch.optim.Adam(parameters, lr=values["learning_rate"], weight_decay=values["weight_decay"])
+    if member["optimizer"] is not None:
+        # A deep copy: load_state_dict may keep the stored tensors, and Adam updates them in place.
+        optimizer.load_state_dict(copy.deepcopy(member["optimizer"]))
+        for group in optimizer.param_groups:  # the member's (possibly explored) hyperparameters win
+            group["lr"], group["weight_decay"] = values["learning_rate"], values["weight_decay"]
+    generator = torch_generator(run_seed, "pbt-batches", index, generation)
+    batch_size = values["batch_size"]
+    steps = config.strategy.pbt_steps
+    genome.apply(worker.model, member["genes"])  # dropout
+    worker.model.train()
+    with torch.enable_grad(), scoped_torch_seed(derive_seed(run_seed, "pbt-dropout", index, generation)):
+        for p in parameters:
+            p.requires_grad_(True)
+        for _ in range(steps):
+            batch = worker.corpus.sample_batch(batch_size, generator).to(worker.device)
+            logits = worker.model(batch.inputs)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    worker.model.eval()
+    genome.undo(worker.model, member["genes"])
+    for p in parameters:
+        p.grad = None
+    member["tensors"] = _copy_weights(worker.space)
+    member["optimizer"] = copy.deepcopy(optimizer.state_dict())
+
+
+@torch.no_grad()
+def score_member(worker, context) -> tuple:
+    """The fitness of the member :func:`train_member` just trained (still in ``worker``'s model) on the
+    generation's shared fitness ``context``; counts its forward tokens on the worker."""
+    fitness = worker.fitness(worker.model, context)
+    worker.forward_tokens += worker.fitness.tokens(context)
+    return fitness
+
+
+def _state_of(member: dict) -> dict:
+    """A Ray member's ``tensors`` and ``optimizer``: its stored state, or fetched by its handle."""
+    state = member["state"]
+    return state if isinstance(state, dict) else state.state()
+
+
+def _weights_of(state) -> list[torch.Tensor]:
+    """A Ray member's evolving weights alone (not Adam's moments): from its dict, or fetched by its handle."""
+    return state["tensors"] if isinstance(state, dict) else state.weights()
 
 
 def _copy_weights(space) -> list[torch.Tensor]:
