@@ -83,8 +83,9 @@ class ParamSpace:
     def restore(self) -> None:
         if self._base is None:
             raise RuntimeError("ParamSpace.restore() without a snapshot: call snapshot() before perturbing in place")
-        for tensor, base in zip(self.tensors, self._base):
-            tensor.copy_(base)
+        torch._foreach_copy_(
+            self.tensors, self._base
+        )  # one call for every tensor: a small model's undo is mostly dispatch
 
     def commit(self) -> None:
         """Make the current weights the new base (after an update or a rebase)."""
@@ -225,6 +226,10 @@ class NoiseGenome:
         self.space.snapshot()
         cached, sizes = self.cached, self.step_sizes
         for seed, scale, mask in gene_entries(genes):
+            if cached and sizes is None and mask == ALL_TENSORS:  # the hot path of small models: one call
+                tensors = self.space.tensors
+                torch._foreach_add_(tensors, [self._cached(seed, i) for i in range(len(tensors))], alpha=scale)
+                continue
             for index, tensor in enumerate(self.space.tensors):
                 if mask == ALL_TENSORS or mask_has(mask, index):
                     if cached and sizes is None:  # the hot path of small models: one add per tensor
