@@ -26,6 +26,7 @@ the objects it stored; the run then stops, and ``evolm resume`` continues from t
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +123,7 @@ class _Host:
     """One actor and what the driver knows of it."""
 
     actor: Any
+    serial: int  # which start this is (an id() could be reused once a lost host is freed)
     ready_ref: Any = None  # pending ``ready()`` while the actor starts; None once it serves
     resident: dict = field(default_factory=dict)  # member index -> the handle of the state the actor holds
 
@@ -149,6 +151,7 @@ class PBTRayEvaluator:
         self.on_member_done = None
         self._hosts: list[_Host] = []
         self._layout: tuple = ()
+        self._serials = itertools.count()
         self._failed_starts = 0
         self._tokens = self._bytes_sent = self._bytes_received = self._bytes_received_total = 0
         self._individuals, self._seconds = 0, 0.0
@@ -175,7 +178,7 @@ class PBTRayEvaluator:
         actor = _ACTOR_CLASS.options(**actor_options(self.threads, self.gpus)).remote(
             self.config, self.threads, self.device, self._factory
         )
-        self._hosts.append(_Host(actor=actor, ready_ref=actor.ready.remote()))
+        self._hosts.append(_Host(actor=actor, serial=next(self._serials), ready_ref=actor.ready.remote()))
 
     def _serving(self) -> list[_Host]:
         return [host for host in self._hosts if host.ready_ref is None]
@@ -220,7 +223,7 @@ class PBTRayEvaluator:
         they changed, each drops the members it no longer hosts."""
         self._admit(block=not self._serving())
         serving = self._serving()
-        layout = tuple(id(host) for host in serving)
+        layout = tuple(host.serial for host in serving)
         if layout != self._layout:  # members moved: each actor drops the ones it no longer hosts
             self._layout = layout
             for position, host in enumerate(serving):
@@ -259,7 +262,8 @@ class PBTRayEvaluator:
                 state: tuple = ()  # the actor holds exactly this state: nothing to ship
             elif isinstance(start, dict):  # the first generation's weights, or a restored checkpoint's member
                 if id(start) not in shipped:
-                    shipped[id(start)] = (ray.put(start["tensors"]), start["optimizer"] and ray.put(start["optimizer"]))
+                    optimizer = None if start["optimizer"] is None else ray.put(start["optimizer"])
+                    shipped[id(start)] = (ray.put(start["tensors"]), optimizer)
                     self._bytes_sent += state_bytes(start)
                 state = shipped[id(start)]
             else:  # a handle: the actor fetches the refs from the object store (an exploit, or a moved member)
@@ -277,7 +281,7 @@ class PBTRayEvaluator:
             done, _ = ray.wait(list(in_flight), num_returns=1)
             host, position, weights_ref, optimizer_ref = in_flight.pop(done[0])
             try:
-                (fitness, tokens) = ray.get(done[0])
+                fitness, tokens = ray.get(done[0])
             except ACTOR_LOST:
                 lost = [position] + [p for ref, (h, p, _, _) in list(in_flight.items()) if h is host]
                 for ref in [ref for ref, entry in in_flight.items() if entry[0] is host]:
