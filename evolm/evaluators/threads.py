@@ -47,7 +47,10 @@ class ThreadEvaluator:
         return aligned_slices(count, len(self.replicas), self._batch_multiple)
 
     def _copy_driver(self) -> None:
-        state = {"tensors": self.worker.space.tensors, "optimizer": None}  # only the driver steps an optimiser
+        # Only the driver steps an optimiser; a genome's step sizes (snes) travel with the weights.
+        sizes = getattr(self.worker.genome, "step_sizes", None)
+        optimizer = None if sizes is None else {"center": None, "step_sizes": sizes.state_dict()}
+        state = {"tensors": self.worker.space.tensors, "optimizer": optimizer}
         for replica in self.replicas[1:]:
             replica.load_sync_state(state)
 

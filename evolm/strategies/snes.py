@@ -147,11 +147,6 @@ class SeparableNES(Strategy):
                 f"config field strategy.weight_decay: snes takes NES's plain step, without weight decay; "
                 f"got {settings.weight_decay}"
             )
-        if config.evaluator.workers > 1 and config.evaluator.backend == "threads":
-            raise UsageError(
-                "config field evaluator.backend: snes's step sizes are not copied to threads replicas; "
-                "use evaluator.backend = ray or evaluator.workers = 0"
-            )
 
     def bind(self, worker) -> None:
         self._worker = worker

@@ -36,7 +36,7 @@ from evolm.seeding import derive_seed
 from evolm.tasks.runtime import TaskRuntime
 from evolm.textstats import printable
 
-NORMALISING_STRATEGIES = ("es", "cmaes")
+NORMALISING_STRATEGIES = ("es", "cmaes", "snes")
 
 
 @dataclass
