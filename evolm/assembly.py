@@ -23,12 +23,11 @@ from evolm.adapters import AdaptedModel, check_logits, param_space, unwrap
 from evolm.data import ByteTokenizer, Corpus, load_corpus_text
 from evolm.errors import UsageError
 from evolm.fitness import build_fitness, finite_or_worst, mean_log_likelihood
-from evolm.fitness_terms import GENERATION_TERMS, parse_terms
-from evolm.genome import LowRankGenome, ParamSpace, make_genome
+from evolm.genome import ParamSpace, make_genome
 from evolm.models import LanguageModel, build_initial_model, resolve_device
 from evolm.models.base import model_context
 from evolm.models.hf import build_hf, resolved_params
-from evolm.population import supports_population
+from evolm.population_writing import configure_batched_pass
 from evolm.probe import probe_language_model
 from evolm.seeding import scoped_torch_seed
 from evolm.strategies.optimizers import make_center_optimizer
@@ -124,16 +123,6 @@ def _user_validation(model: nn.Module, function: Callable) -> float:
     return float(function(unwrap(model)))
 
 
-def population_chunk(batch_individuals: int, device: torch.device, writes: bool = False) -> int:
-    """Low-rank individuals per batched pass: as configured, or by device when 0. On 2 CPU cores a
-    batch of individuals scoring fixed text ran slower per token than one at a time in place (a bigger
-    working set falls out of cache, benchmarks/throughput.py); GPUs gain from the batch (EGGROLL), and
-    so does writing on any device (a step of one individual is too small to keep a core busy)."""
-    if batch_individuals:
-        return batch_individuals
-    return 16 if device.type == "cuda" or writes else 1
-
-
 def worker_from_config(config, corpus: Corpus | None = None, reward_function=None) -> Worker:
     """The worker of a run config: a built-in model (``gpt``, ``lstm``) on bytes with the configured corpus,
     genome and fitness terms, or a local Hugging Face checkpoint (``hf:PATH``) with its own tokenizer."""
@@ -168,16 +157,7 @@ def worker_from_config(config, corpus: Corpus | None = None, reward_function=Non
     worker.device = device
     worker.config = config
     worker.tokenizer = ByteTokenizer()
-    # EGGROLL's batched pass: a chunk of low-rank genomes scored at once when fitness is likelihood alone,
-    # or written for at once when the fitness writes (tasks, self-feedback; evolm.population_writing).
-    terms = {name: weight for name, weight in parse_terms(config.fitness.terms) if weight}
-    likelihood_only = set(terms) == {"likelihood"} and not uses_task(config)
-    writes = uses_task(config) or bool(set(terms) & set(GENERATION_TERMS))
-    if isinstance(worker.genome, LowRankGenome) and supports_population(model) and (likelihood_only or writes):
-        chunk = population_chunk(config.genome.batch_individuals, device, writes and not likelihood_only)
-        worker.population_chunk = chunk if chunk > 1 else 0
-        # nsga2 keeps raw term values as objectives; the weighted sum scales them.
-        worker.likelihood_weight = 1.0 if config.strategy.name == "nsga2" else terms.get("likelihood", 1.0)
+    configure_batched_pass(worker, config)
     return worker
 
 

@@ -28,10 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from evolm.fitness import Writing
+from evolm.fitness_terms import GENERATION_TERMS, parse_terms
 from evolm.genome import LowRankGenome
 from evolm.models.base import _race_noise, device_generator
 from evolm.models.gpt import GPT, Block
-from evolm.population import PopulationDelta, population_forwards
+from evolm.population import PopulationDelta, population_forwards, supports_population
+from evolm.tasks.fitness import uses_task
 
 # Folding every individual's weights once per pass costs P x the evolving matrices' bytes; above this
 # the pass keeps EGGROLL's factored form (a shared matmul plus each row's rank-r correction, per step).
@@ -170,3 +172,29 @@ def population_write(model: nn.Module, genome: LowRankGenome, genes_list: list, 
     diverged = invalid.tolist()  # the one read from the device
     per_individual = written.view(population, rows, new_tokens)
     return [None if bad else per_individual[i] for i, bad in enumerate(diverged)]
+
+
+def population_chunk(batch_individuals: int, device: torch.device, writes: bool = False) -> int:
+    """Low-rank individuals per batched pass: as configured, or by device when 0. On 2 CPU cores a
+    batch of individuals scoring fixed text ran slower per token than one at a time in place (a bigger
+    working set falls out of cache, benchmarks/throughput.py); GPUs gain from the batch (EGGROLL), and
+    so does writing on any device (a step of one individual is too small to keep a core busy)."""
+    if batch_individuals:
+        return batch_individuals
+    return 16 if device.type == "cuda" or writes else 1
+
+
+def configure_batched_pass(worker, config) -> None:
+    """Turn EGGROLL's batched pass on for a worker of a built-in model with a low-rank genome: a chunk of
+    genomes scored at once when fitness is likelihood alone, or written for at once when the fitness
+    writes (a task, self-feedback, diversity, novelty, margin)."""
+    terms = {name: weight for name, weight in parse_terms(config.fitness.terms) if weight}
+    likelihood_only = set(terms) == {"likelihood"} and not uses_task(config)
+    writes = uses_task(config) or bool(set(terms) & set(GENERATION_TERMS))
+    if not (isinstance(worker.genome, LowRankGenome) and supports_population(worker.model)):
+        return
+    if likelihood_only or writes:
+        chunk = population_chunk(config.genome.batch_individuals, worker.device, writes and not likelihood_only)
+        worker.population_chunk = chunk if chunk > 1 else 0
+        # nsga2 keeps raw term values as objectives; the weighted sum scales them.
+        worker.likelihood_weight = 1.0 if config.strategy.name == "nsga2" else terms.get("likelihood", 1.0)
