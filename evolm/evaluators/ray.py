@@ -1,9 +1,10 @@
 """Fitness evaluation on Ray actors: each actor builds its own worker from the run config once,
 then receives only genes and a generation number (seeds, not weights).
 
-With ray_actor (the actor) and ray_cluster (the runtime), the only modules that import ray. Individuals
-are split into chunks that keep every actor busy; results are written back by index, so a Ray run reports exactly what the in-process evaluator
-reports for the same seed. Strategy updates travel as the update object itself (seeds and
+With ray_actor (the actor), ray_cluster (the runtime) and dispatch (a generation's chunks), the
+only modules outside evolm.evaluators.simulated that import ray. Individuals are split into chunks that
+keep every actor busy; results are written back by index, so a Ray run reports exactly what the
+in-process evaluator reports for the same seed. Strategy updates travel as the update object itself (seeds and
 coefficients); every actor applies it and answers with a checksum of its base weights, which the
 driver compares with its own worker's, resynchronising a drifted actor. An actor lost mid-generation
 has its unfinished chunks run again on the others, and a replacement, synchronised from the driver's
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,15 @@ import torch
 
 from evolm.assembly import worker_from_config
 from evolm.errors import UsageError
-from evolm.evaluators.ray_actor import EvaluationActor, pack, payload_bytes
+from evolm.evaluators.dispatch import (  # noqa: F401 (PIPELINE_DEPTH, CHUNKS_PER_ACTOR: public here too)
+    ACTOR_LOST,
+    CHUNKS_PER_ACTOR,
+    PIPELINE_DEPTH,
+    ChunkDispatch,
+    values_of,
+    wire_bytes,
+)
+from evolm.evaluators.ray_actor import EvaluationActor, pack, payload_bytes  # noqa: F401 (payload_bytes: public)
 from evolm.evaluators.ray_cluster import (
     actor_count,
     actor_device,
@@ -35,19 +43,10 @@ from evolm.evaluators.ray_cluster import (
     startup_error,
     task_error,
 )
-from evolm.evaluators.split import aligned_slices
 from evolm.individuals import genes_of
 
-# Tasks in flight per actor: a second queued chunk hides the driver round trip between chunks.
-PIPELINE_DEPTH = 2
-# Chunks per actor in a generation: small enough to balance uneven actors and to lose little work
-# when an actor dies, large enough that Ray's per-task overhead (~1 ms) stays negligible.
-CHUNKS_PER_ACTOR = 4
 # Consecutive failed replacement starts after which evolm stops replacing (a config that cannot build).
 MAX_FAILED_STARTS = 3
-
-# An actor that has died, or whose process is gone, raises one of these on every call.
-ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.WorkerCrashedError)
 
 log = logging.getLogger(__name__)
 _ACTOR_CLASS: Any = None  # EvaluationActor as a Ray actor class, made once
@@ -61,13 +60,14 @@ class _Slot:
     ready_ref: Any = None  # pending ``ready()`` while the actor starts; None once it serves
     node_id: str = ""
     in_flight: set = field(default_factory=set)
+    lost: bool = False
 
     @property
     def serving(self) -> bool:
         return self.ready_ref is None
 
 
-class RayEvaluator:
+class RayEvaluator(ChunkDispatch):
     """Evaluates on Ray actors; same interface as :class:`~evolm.evaluators.local.LocalEvaluator`.
 
     ``on_chunk_done(evaluator, generation, chunk_index)``, when set, is called after each chunk's
@@ -102,6 +102,7 @@ class RayEvaluator:
         # sub-batches as the in-process evaluator would: the same shapes, the same arithmetic.
         self._batch_multiple = max(1, getattr(worker, "population_chunk", 0) or 1)
         self._slots: list[_Slot] = []
+        self._starting: dict = {}  # ready() ref -> slot, for the actors still starting
         self._failed_starts = 0
         self.on_chunk_done = None
         self._tokens = 0
@@ -139,7 +140,9 @@ class RayEvaluator:
         actor = actor_class.options(**actor_options(self.threads, self.gpus)).remote(
             self.config, self.threads, self.device, self._factory
         )
-        self._slots.append(_Slot(actor=actor, ready_ref=actor.ready.remote()))
+        slot = _Slot(actor=actor, ready_ref=actor.ready.remote())
+        self._slots.append(slot)
+        self._starting[slot.ready_ref] = slot
 
     def _replace(self) -> None:
         """Start actors until the target is met again; Ray places each when resources allow."""
@@ -147,16 +150,12 @@ class RayEvaluator:
             self._start_actor()
             self.actors_replaced += 1
 
-    def _lose(self, slot: _Slot, pending: deque | None = None, owner: dict | None = None) -> None:
-        """Forget a dead actor; its unfinished chunks go back to the front of the queue."""
+    def _lose(self, slot: _Slot) -> None:
+        """Forget a dead actor (a generation's dispatch has put its unfinished chunks back) and replace it."""
         if slot in self._slots:
             self._slots.remove(slot)
-        for ref in list(slot.in_flight):
-            if owner is not None and ref in owner:
-                _, index = owner.pop(ref)
-                if pending is not None:
-                    pending.appendleft(index)
-                    self.chunks_rerun += 1
+        slot.lost = True
+        self._starting.pop(slot.ready_ref, None)
         slot.in_flight.clear()
         try:
             ray.kill(slot.actor)
@@ -168,7 +167,7 @@ class RayEvaluator:
         """What a drifted or new actor loads: the driver's base weights and optimiser state (the driver
         is the reference: every copy of the model runs on one device type)."""
         state = self.worker.sync_state()
-        self._count(payload_bytes(state))
+        self._count(wire_bytes(state))
         return ray.put(state)
 
     def _sync(self, slots: list[_Slot]) -> None:
@@ -192,6 +191,7 @@ class RayEvaluator:
 
     def _became_ready(self, slot: _Slot, info_ref) -> None:
         """A starting actor answered ``ready()``: check its weights, resync if needed, let it serve."""
+        self._starting.pop(info_ref, None)
         try:
             info = ray.get(info_ref)
         except ACTOR_LOST as error:
@@ -208,76 +208,27 @@ class RayEvaluator:
             raise (UsageError if kind == "usage" else RuntimeError)(f"{where}: {message}")
         self._failed_starts = 0
         slot.node_id = info["node_id"]
-        self._count(payload_bytes(info))
+        self._count(wire_bytes(info))
         if info["checksum"] != self.worker.checksum():  # a replacement starts at the initial weights
             self._sync([slot])
-            if slot not in self._slots:  # lost while loading
+            if slot.lost:  # while loading
                 return
         slot.ready_ref = None
 
     def _await_starting(self, block: bool) -> None:
         """Admit starting actors that are ready (all of them when ``block``)."""
-        while True:
-            starting = {slot.ready_ref: slot for slot in self._slots if not slot.serving}
-            if not starting:
-                return
-            done, _ = ray.wait(list(starting), num_returns=len(starting) if block else 1, timeout=None if block else 0)
-            if not done:
-                return
+        while self._starting:
+            refs = list(self._starting)
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=None if block else 0)
             for ref in done:
-                self._became_ready(starting[ref], ref)
+                if ref in self._starting:  # not lost meanwhile
+                    self._became_ready(self._starting[ref], ref)
             if not block:
                 return
-
-    # ---- scheduling ----------------------------------------------------------------------------
 
     def _count(self, nbytes: int) -> None:
         self._bytes += nbytes
         self._bytes_total += nbytes
-
-    def _chunks(self, count: int, actors: int) -> list[tuple[int, int]]:
-        return aligned_slices(count, actors * CHUNKS_PER_ACTOR, self._batch_multiple)
-
-    def _dispatch(self, payloads: list, submit, on_result) -> None:
-        """Run every payload on some actor, each actor holding at most PIPELINE_DEPTH in flight.
-
-        ``submit(actor, payload) -> ObjectRef``; ``on_result(index, value)`` stores a result. A chunk
-        whose actor dies goes back to the queue and runs again elsewhere: only completed chunks count.
-        """
-        pending = deque(range(len(payloads)))
-        owner: dict = {}  # in-flight ref -> (slot, payload index)
-        while pending or owner:
-            for slot in list(self._slots):
-                while slot.serving and pending and len(slot.in_flight) < PIPELINE_DEPTH:
-                    index = pending.popleft()
-                    ref = submit(slot.actor, payloads[index])
-                    owner[ref] = (slot, index)
-                    slot.in_flight.add(ref)
-            starting = {slot.ready_ref: slot for slot in self._slots if not slot.serving}
-            if not owner and not starting:
-                self._replace()
-                starting = {slot.ready_ref: slot for slot in self._slots if not slot.serving}
-                if not starting:
-                    raise RuntimeError("every Ray actor has died and none could be replaced")
-            waiting = time.perf_counter()
-            done, _ = ray.wait(list(owner) + list(starting), num_returns=1)
-            self.wait_seconds += time.perf_counter() - waiting
-            ref = done[0]
-            if ref in starting:
-                self._became_ready(starting[ref], ref)
-                continue
-            slot, index = owner.pop(ref)
-            slot.in_flight.discard(ref)
-            try:
-                value = ray.get(ref)
-            except ACTOR_LOST:
-                pending.appendleft(index)
-                self.chunks_rerun += 1
-                self._lose(slot, pending, owner)
-                continue
-            except ray.exceptions.RayTaskError as error:
-                raise task_error(error) from None
-            on_result(index, value)
 
     # ---- the evaluator interface ---------------------------------------------------------------
 
@@ -293,20 +244,19 @@ class RayEvaluator:
         self._bytes = 0
         self._follow_driver()
         self._await_starting(block=False)
-        genes = [genes_of(individual) for individual in population]
         serving = sum(1 for slot in self._slots if slot.serving) or 1
-        chunks = self._chunks(len(genes), serving)
-        results: list = [None] * len(genes)
+        chunks = self._chunks(len(population), serving)
+        results: list = [None] * len(population)
 
         def submit(actor, bounds):
-            start, stop = bounds
-            arguments = (pack(genes[start:stop]), generation)
-            self._count(payload_bytes(arguments))
+            start, stop = bounds  # genes made per chunk: short-lived, they never reach the old GC generation
+            arguments = (pack([genes_of(individual) for individual in population[start:stop]]), generation)
+            self._count(wire_bytes(arguments))
             return actor.evaluate.remote(*arguments)
 
         def on_result(index, value):
             fitnesses, tokens = value
-            self._count(payload_bytes(value))
+            self._count(wire_bytes(value))
             start, stop = chunks[index]
             results[start:stop] = fitnesses
             self._tokens += tokens
@@ -314,7 +264,7 @@ class RayEvaluator:
                 self.on_chunk_done(self, generation, index)
 
         self._dispatch(chunks, submit, on_result)
-        self._individuals = len(genes)
+        self._individuals = len(population)
         self._seconds = time.perf_counter() - started
         return results
 
@@ -325,28 +275,26 @@ class RayEvaluator:
         self._follow_driver()  # first: the actors must start this update from the driver's weights
         update_ref = ray.put(update)
         serving = [slot for slot in self._slots if slot.serving]
-        self._count(payload_bytes(update) * len(serving))
+        self._count(wire_bytes(update) * len(serving))
         answers = [(slot, slot.actor.apply_update.remote(update_ref)) for slot in serving]
         self.worker.apply_update(update)  # while the actors apply theirs
         self._driver_checksum = self.worker.checksum()
-        checksums = {}
+        checksums: dict = {}
+        sizes: dict = {}  # bytes of each distinct checksum (they all agree, as a rule)
         waiting = time.perf_counter()
-        ray.wait([ref for _, ref in answers], num_returns=len(answers))
+        values = values_of([ref for _, ref in answers])
         self.wait_seconds += time.perf_counter() - waiting
-        for slot, ref in answers:
-            try:
-                checksums[slot] = ray.get(ref)
-            except ACTOR_LOST:
+        for (slot, _), checksum in zip(answers, values):
+            if isinstance(checksum, ACTOR_LOST):
                 self._lose(slot)
-            except ray.exceptions.RayTaskError as error:
-                raise task_error(error) from None
-            else:
-                self._count(payload_bytes(checksums[slot]))
+                continue
+            if isinstance(checksum, ray.exceptions.RayTaskError):
+                raise task_error(checksum) from None
+            checksums[slot] = checksum
+            self._count(sizes.get(checksum) or sizes.setdefault(checksum, wire_bytes(checksum)))
         # An actor can drift from the driver even on a deterministic update's input: CUDA's embedding
         # backward (refinement) adds in a nondeterministic order. The driver's weights are the reference.
-        drifted = [
-            slot for slot, checksum in checksums.items() if checksum != self._driver_checksum and slot in self._slots
-        ]
+        drifted = [slot for slot, checksum in checksums.items() if checksum != self._driver_checksum and not slot.lost]
         if drifted:
             log.warning("evolm: resynchronising %d Ray actor(s) whose base weights drifted", len(drifted))
             self._sync(drifted)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from evolm.evaluators.ray_actor import EvaluationActor, payload_bytes
+from evolm.evaluators.dispatch import wire_bytes
+from evolm.evaluators.ray_actor import EvaluationActor
 from evolm.seeding import numpy_generator
 
 
@@ -88,8 +89,14 @@ def same(update, other) -> bool:
         return False
 
 
+def caller() -> int:
+    """The index of the logical actor a host's call is for: the call's task name (``LogicalActor``), so
+    that each call carries exactly the arguments an ``EvaluationActor``'s would (each costs the driver)."""
+    return int(str(ray.get_runtime_context().get_task_name()).rpartition(":")[2])
+
+
 class HostActor:
-    """One real Ray actor playing many logical actors (the ``index`` of each call says which)."""
+    """One real Ray actor playing many logical actors (each call's task name says which: :func:`caller`)."""
 
     def __init__(self, config, threads: int, device: str, factory, timing: ActorTiming):
         self.real = EvaluationActor(config, threads, device, factory)
@@ -124,42 +131,42 @@ class HostActor:
             self.traffic[kind] += nbytes
         self.traffic["calls"] += 1
 
-    async def ready(self, index: int) -> dict:
+    async def ready(self) -> dict:
         info = self.real.ready()
-        self._count(("other_received", 0), ("other_sent", payload_bytes(info)))
+        self._count(("other_received", 0), ("other_sent", wire_bytes(info)))
         return info
 
-    async def evaluate(self, index: int, genes_list, generation: int):
-        received = payload_bytes((genes_list, generation))
+    async def evaluate(self, genes_list, generation: int):
+        received = wire_bytes((genes_list, generation))
         if not self.objectives:  # the run's fitness shape, from one real evaluation on the small worker
             probe = self.real.evaluate(genes_list[:1], generation)[0][0]
             if not isinstance(probe, tuple):
                 raise TypeError(f"simulated actors return plain fitness tuples; this fitness gives {type(probe)}")
             self.objectives = len(probe)
-        await self._work(index, self.timing.evaluate_seconds(len(genes_list)))
+        await self._work(caller(), self.timing.evaluate_seconds(len(genes_list)))
         fitnesses = [simulated_fitness(genes, generation, self.objectives) for genes in genes_list]
         result = (fitnesses, len(genes_list) * self.timing.tokens_per_individual)
-        self._count(("genes_received", received), ("fitness_sent", payload_bytes(result)))
+        self._count(("genes_received", received), ("fitness_sent", wire_bytes(result)))
         return result
 
-    async def apply_update(self, index: int, update) -> str:
+    async def apply_update(self, update) -> str:
         if not same(update, self.last_update):  # the host's worker applies each update once
             self.checksum = self.real.apply_update(update)
             self.last_update = update
-            self.update_bytes = payload_bytes(update)
-        await self._work(index, self.timing.update_seconds(update_seeds(update)))
-        self._count(("update_received", self.update_bytes), ("checksums_sent", payload_bytes(self.checksum)))
+            self.update_bytes = wire_bytes(update)
+        await self._work(caller(), self.timing.update_seconds(update_seeds(update)))
+        self._count(("update_received", self.update_bytes), ("checksums_sent", wire_bytes(self.checksum)))
         return self.checksum
 
-    async def sync_state(self, index: int) -> dict:
+    async def sync_state(self) -> dict:
         state = self.real.sync_state()
-        self._count(("other_received", 0), ("other_sent", payload_bytes(state)))
+        self._count(("other_received", 0), ("other_sent", wire_bytes(state)))
         return state
 
-    async def load_sync_state(self, index: int, state) -> str:
+    async def load_sync_state(self, state) -> str:
         self.last_update = None
         self.checksum = self.real.load_sync_state(state)
-        self._count(("other_received", payload_bytes(state)), ("checksums_sent", payload_bytes(self.checksum)))
+        self._count(("other_received", wire_bytes(state)), ("checksums_sent", wire_bytes(self.checksum)))
         return self.checksum
 
     async def take_traffic(self) -> dict:
@@ -172,23 +179,14 @@ class HostActor:
         return traffic
 
 
-class _Call:
-    """``actor.method.remote(*args)`` of a logical actor: the host's method, told which actor it plays."""
-
-    def __init__(self, method, index: int):
-        self._method, self._index = method, index
-
-    def remote(self, *args):
-        return self._method.remote(self._index, *args)
-
-
 class LogicalActor:
-    """What the evaluator holds for one actor: the calls of an ``EvaluationActor``, answered by a host."""
+    """What the evaluator holds for one actor: the calls of an ``EvaluationActor``, answered by a host,
+    each named ``method:index`` (the same arguments and one remote call, as a real actor's)."""
 
     def __init__(self, host, index: int):
         self.host, self.index = host, index
         for name in ("ready", "evaluate", "apply_update", "sync_state", "load_sync_state"):
-            setattr(self, name, _Call(getattr(host, name), index))
+            setattr(self, name, getattr(host, name).options(name=f"{name}:{index}"))
 
 
 class SimulatedActors:
