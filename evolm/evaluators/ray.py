@@ -14,6 +14,7 @@ update (a restored checkpoint) are noticed by checksum and loaded into every act
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -126,6 +127,12 @@ class RayEvaluator(ChunkDispatch):
         except BaseException:
             self.close()
             raise
+        # Each full collection walks every object the driver holds (about 240,000 with torch and Ray:
+        # 0.1 s), and a population of 10,000 sets one off every other generation. What lives now lives
+        # for the run (modules, model, actors): the collector skips it until close() (garbage still frees).
+        gc.collect()
+        gc.freeze()
+        self._frozen = True
 
     # ---- actors --------------------------------------------------------------------------------
 
@@ -331,6 +338,9 @@ class RayEvaluator(ChunkDispatch):
         }
 
     def close(self) -> None:
+        if getattr(self, "_frozen", False):
+            gc.unfreeze()
+            self._frozen = False
         for slot in getattr(self, "_slots", []):
             try:
                 ray.kill(slot.actor)
