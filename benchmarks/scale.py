@@ -3,12 +3,13 @@ seconds, the bytes it sends and receives, and its share of the generation.
 
 What runs for real: the driver's code unchanged (OpenAI-ES ask and tell on a real worker, the
 generation as ``evolm.engine.step_generation`` runs it, ``RayEvaluator``'s split, dispatch, gather,
-update broadcast and checksum comparison), a local Ray runtime, one remote call per actor call and
-the serialisation of every argument and result. What is simulated: the actors. A few real Ray actors
-(``--hosts``, asynchronous) each play many logical actors (``evolm.evaluators.simulated``): a logical
-actor answers the calls an ``EvaluationActor`` answers but, instead of computing, waits for the time a
-worker holding a 100 M-parameter model on one GPU would take (``ActorTiming``: stated GPU figures,
-the checksum rate measured here), one call after another, and returns seeded fitness values.
+update broadcast and checksum comparison), a local Ray runtime, one remote call per actor call (with
+exactly an ``EvaluationActor``'s arguments) and the serialisation of every argument and result. What
+is simulated: the actors. A few real Ray actors (``--hosts``, asynchronous) each play many logical
+actors (``evolm.evaluators.simulated``): a logical actor answers the calls an ``EvaluationActor``
+answers but, instead of computing, waits for the time a worker holding a 100 M-parameter model on one
+GPU would take (``ActorTiming``: stated GPU figures, the checksum rate measured here), one call after
+another, and returns seeded fitness values.
 
 Scenarios: ``update`` (an actor's update costs what seed-ES's costs: regenerating every seed's noise,
 then the checksum), ``evaluation only`` (updates cost only the checksum: fast actors, the driver's
@@ -22,7 +23,9 @@ the generation's wall time), ``driver_share_ideal`` (that over driver CPU plus t
 actor's simulated seconds: the generation without the simulation's own overhead on this machine's two
 cores, where the hosts serve every call), ``bytes_sent`` / ``bytes_received`` (serialised arguments
 and results, counted by the hosts as the evaluator counts them; their sum is checked against the
-evaluator's own count). Medians over generations per run, min / median / max over ``--runs``.
+evaluator's own count), ``gc_seconds`` (the driver's thread in Python's garbage collector, part of
+its CPU). Medians over generations per run, min / median / max over ``--runs``; the machine is shared,
+so each run's load average (1 minute, before and after) is recorded.
 
     python benchmarks/scale.py [--runs 3] [--generations 2] [--hosts 2]
 """
@@ -31,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import hashlib
+import os
 import statistics
 import sys
 import time
@@ -104,6 +109,19 @@ def timed(function, totals: dict, key: str):
     return call
 
 
+class CollectorTime:
+    """CPU seconds the driver's thread spends in Python's garbage collector (a ``gc.callbacks`` entry)."""
+
+    def __init__(self):
+        self.seconds, self._started = 0.0, 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.seconds += time.thread_time() - self._started
+
+
 def measure_case(case: dict, timing: ActorTiming, generations: int, hosts: int) -> dict:
     """Per-generation figures of one setting, medians over ``generations`` after a warm-up generation."""
     config = case_config(case)
@@ -122,9 +140,12 @@ def measure_case(case: dict, timing: ActorTiming, generations: int, hosts: int) 
     evaluator.evaluate = timed(evaluator.evaluate, phases, "evaluate")
     evaluator.apply_update = timed(evaluator.apply_update, phases, "apply_update")
     rows = []
+    collector = CollectorTime()
+    gc.callbacks.append(collector)
     try:
         for generation in range(generations + 1):  # generation 0 is the warm-up
             actors.take_traffic()
+            collector.seconds = 0.0
             own.update(dict.fromkeys(own, 0.0))
             phases.update(dict.fromkeys(phases, 0.0))
             waited, process = evaluator.wait_seconds, time.process_time()
@@ -146,6 +167,7 @@ def measure_case(case: dict, timing: ActorTiming, generations: int, hosts: int) 
                         **own,
                         **{f"{phase}_cpu_seconds": seconds for phase, seconds in phases.items()},
                         "bookkeeping_cpu_seconds": cpu - own["own_update_seconds"] - own["checksum_seconds"],
+                        "gc_seconds": collector.seconds,
                         "busiest_actor_seconds": traffic["busiest_actor_seconds"],
                         "hosts_late_seconds_max": traffic["late_seconds_max"],
                         "driver_share": cpu / wall,
@@ -161,6 +183,7 @@ def measure_case(case: dict, timing: ActorTiming, generations: int, hosts: int) 
                 )
         resyncs = evaluator.stats()["resyncs"]
     finally:
+        gc.callbacks.remove(collector)
         evaluator.close()
         actors.close()
     result = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
@@ -220,9 +243,11 @@ def main() -> int:
     start_local_runtime(num_cpus=max(args.actors))
     started = time.perf_counter()
     try:
-        runs = [
-            [measure_case(case, timing, args.generations, args.hosts) for case in all_cases] for _ in range(args.runs)
-        ]
+        runs, load = [], []  # the machine is shared: the load average (1 min) before and after each run
+        for _ in range(args.runs):
+            before = os.getloadavg()[0]
+            runs.append([measure_case(case, timing, args.generations, args.hosts) for case in all_cases])
+            load.append([round(before, 2), round(os.getloadavg()[0], 2)])
     finally:
         stop_local_runtime()
     rows = summarise(runs, all_cases, timing, checksum_100m)
@@ -239,6 +264,8 @@ def main() -> int:
             "hosts": args.hosts,
             "generations_per_setting": args.generations,
             "runs": args.runs,
+            "load_average_before_after_each_run": load,
+            "cpus": os.cpu_count(),
         },
         "checksum_seconds_100m_parameters": checksum_100m,
         "actors": main_rows,
