@@ -24,7 +24,8 @@ actor's simulated seconds: the generation without the simulation's own overhead 
 cores, where the hosts serve every call), ``bytes_sent`` / ``bytes_received`` (serialised arguments
 and results, counted by the hosts as the evaluator counts them; their sum is checked against the
 evaluator's own count), ``gc_seconds`` (the driver's thread in Python's garbage collector, part of
-its CPU). Medians over generations per run, min / median / max over ``--runs``; the machine is shared,
+its CPU), ``hosts_cpu_seconds`` (what the simulation itself costs: the hosts' processes, on the same
+two cores as the driver). Medians over generations per run, min / median / max over ``--runs``; the machine is shared,
 so each run's load average (1 minute, before and after) is recorded.
 
     python benchmarks/scale.py [--runs 3] [--generations 2] [--hosts 2]
@@ -170,6 +171,7 @@ def measure_case(case: dict, timing: ActorTiming, generations: int, hosts: int) 
                         "gc_seconds": collector.seconds,
                         "busiest_actor_seconds": traffic["busiest_actor_seconds"],
                         "hosts_late_seconds_max": traffic["late_seconds_max"],
+                        "hosts_cpu_seconds": traffic["host_cpu_seconds"],
                         "driver_share": cpu / wall,
                         "driver_share_ideal": cpu / (cpu + traffic["busiest_actor_seconds"]),
                         "bytes_sent": traffic["received"],

@@ -106,7 +106,7 @@ class HostActor:
         self.objectives = 0
         self.last_update: Any = None
         self.checksum = ""
-        self.update_bytes = 0
+        self.update_bytes, self.update_work, self.checksum_bytes = 0, 0.0, 0  # of the last update, once each
         self.traffic = self._zero()
         self.busy: dict[int, float] = {}  # simulated seconds of work per logical actor since the last take
         self.cpu_mark = time.process_time()
@@ -155,9 +155,10 @@ class HostActor:
         if not same(update, self.last_update):  # the host's worker applies each update once
             self.checksum = self.real.apply_update(update)
             self.last_update = update
-            self.update_bytes = wire_bytes(update)
-        await self._work(caller(), self.timing.update_seconds(update_seeds(update)))
-        self._count(("update_received", self.update_bytes), ("checksums_sent", wire_bytes(self.checksum)))
+            self.update_bytes, self.update_work = wire_bytes(update), self.timing.update_seconds(update_seeds(update))
+            self.checksum_bytes = wire_bytes(self.checksum)
+        await self._work(caller(), self.update_work)
+        self._count(("update_received", self.update_bytes), ("checksums_sent", self.checksum_bytes))
         return self.checksum
 
     async def sync_state(self) -> dict:
