@@ -151,6 +151,9 @@ class HostActor:
         self._count(("genes_received", received), ("fitness_sent", wire_bytes(result)))
         return result
 
+    async def evaluate_chunk(self, work: tuple):
+        return await self.evaluate(*work)
+
     async def apply_update(self, update) -> str:
         if not same(update, self.last_update):  # the host's worker applies each update once
             self.checksum = self.real.apply_update(update)
@@ -189,7 +192,7 @@ class LogicalActor:
 
     def __init__(self, host, index: int):
         self.host, self.index = host, index
-        for name in ("ready", "evaluate", "apply_update", "sync_state", "load_sync_state"):
+        for name in ("ready", "evaluate", "evaluate_chunk", "apply_update", "sync_state", "load_sync_state"):
             setattr(self, name, getattr(host, name).options(name=f"{name}:{index}"))
 
 
