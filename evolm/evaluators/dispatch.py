@@ -16,8 +16,8 @@ from collections import deque
 
 import ray
 import ray.exceptions
+from ray import cloudpickle
 
-from evolm.evaluators.ray_actor import payload_bytes
 from evolm.evaluators.ray_cluster import task_error
 from evolm.evaluators.split import aligned_slices
 
@@ -37,13 +37,18 @@ ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError
 _FAILED = (*ACTOR_LOST, ray.exceptions.RayTaskError)
 
 
-def wire_bytes(value) -> int:
-    """:func:`payload_bytes` by the standard pickler where it can (the same bytes for plain data, without
-    cloudpickle's set-up on every call): the driver counts each chunk it sends and each result."""
+def dumps(value) -> bytes:
+    """``value`` pickled by the standard pickler where it can (for plain data, the bytes cloudpickle would
+    make, without its set-up on every call), else by Ray's cloudpickle; ``pickle.loads`` reads either."""
     try:
-        return len(pickle.dumps(value, protocol=5))
+        return pickle.dumps(value, protocol=5)
     except Exception:  # what only cloudpickle pickles (a class defined in __main__, a lambda)
-        return payload_bytes(value)
+        return cloudpickle.dumps(value)
+
+
+def wire_bytes(value) -> int:
+    """:func:`~evolm.evaluators.ray_actor.payload_bytes` by :func:`dumps`: the bytes ``value`` takes."""
+    return len(dumps(value))
 
 
 def values_of(refs: list) -> list:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import pickle
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from evolm.evaluators.dispatch import wire_bytes
+from evolm.evaluators.dispatch import dumps, wire_bytes
 from evolm.evaluators.ray_actor import EvaluationActor
 
 
@@ -139,7 +140,16 @@ class HostActor:
         return info
 
     async def evaluate(self, genes_list, generation: int):
-        received = wire_bytes((genes_list, generation))
+        result = await self._evaluate(genes_list, generation)
+        self._count(("genes_received", wire_bytes((genes_list, generation))), ("fitness_sent", wire_bytes(result)))
+        return result
+
+    async def evaluate_chunk(self, work: bytes) -> bytes:
+        result = dumps(await self._evaluate(*pickle.loads(work)))
+        self._count(("genes_received", len(work)), ("fitness_sent", len(result)))
+        return result
+
+    async def _evaluate(self, genes_list, generation: int) -> tuple:
         if not self.objectives:  # the run's fitness shape, from one real evaluation on the small worker
             probe = self.real.evaluate(genes_list[:1], generation)[0][0]
             if not isinstance(probe, tuple):
@@ -147,12 +157,7 @@ class HostActor:
             self.objectives = len(probe)
         await self._work(caller(), self.timing.evaluate_seconds(len(genes_list)))
         fitnesses = [simulated_fitness(genes, generation, self.objectives) for genes in genes_list]
-        result = (fitnesses, len(genes_list) * self.timing.tokens_per_individual)
-        self._count(("genes_received", received), ("fitness_sent", wire_bytes(result)))
-        return result
-
-    async def evaluate_chunk(self, work: tuple):
-        return await self.evaluate(*work)
+        return fitnesses, len(genes_list) * self.timing.tokens_per_individual
 
     async def apply_update(self, update) -> str:
         if not same(update, self.last_update):  # the host's worker applies each update once
