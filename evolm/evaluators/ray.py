@@ -1,15 +1,15 @@
 """Fitness evaluation on Ray actors: each actor builds its own worker from the run config once,
 then receives only genes and a generation number (seeds, not weights).
 
-With ray_actor (the actor), ray_cluster (the runtime) and dispatch (a generation's chunks), the
-only modules outside evolm.evaluators.simulated that import ray. Individuals are split into chunks that
-keep every actor busy; results are written back by index, so a Ray run reports exactly what the
-in-process evaluator reports for the same seed. Strategy updates travel as the update object itself (seeds and
-coefficients); every actor applies it and answers with a checksum of its base weights, which the
-driver compares with its own worker's, resynchronising a drifted actor. An actor lost mid-generation
-has its unfinished chunks run again on the others, and a replacement, synchronised from the driver's
-worker, joins when the cluster has room for it. Weights changed on the driver other than by an
-update (a restored checkpoint) are noticed by checksum and loaded into every actor.
+Ray is imported only in evolm.evaluators (here: ray_actor for the actor, ray_cluster for the runtime,
+dispatch for a generation's chunks). Individuals are split into chunks that keep every actor busy;
+results are written back by index, so a Ray run reports exactly what the in-process evaluator reports
+for the same seed. Strategy updates travel as the update object itself (seeds and coefficients);
+every actor applies it and answers with a checksum of its base weights, which the driver compares
+with its own worker's, resynchronising a drifted actor. An actor lost mid-generation has its
+unfinished chunks run again on the others, and a replacement, synchronised from the driver's worker,
+joins when the cluster has room for it. Weights changed on the driver other than by an update (a
+restored checkpoint) are noticed by checksum and loaded into every actor.
 """
 
 from __future__ import annotations
