@@ -39,6 +39,7 @@ from torch import nn
 
 from evolm.errors import UsageError
 from evolm.hyper import DEFAULT_HYPERPARAMETERS, HyperGenome, HyperParameter  # noqa: F401  (re-exported)
+from evolm.models.base import to_device
 from evolm.seeding import mix_seed
 from evolm.step_sizes import StepSizes
 
@@ -377,6 +378,8 @@ class VectorGenome:
         if delta.numel() != self.size:
             raise ValueError(f"vector genome has {delta.numel()} genes, the parameter space {self.size}")
         self.space.snapshot()
+        if len(devices := {t.device for t in self.space.tensors}) == 1:  # one async copy, not a waiting one per tensor
+            delta = to_device(delta, devices.pop())
         offset = 0
         for tensor in self.space.tensors:
             count = tensor.numel()

@@ -86,11 +86,12 @@ class StepSizes:
     def summary(self) -> dict[str, float]:
         """Mean, smallest and largest factor over every evolving value."""
         count = sum(t.numel() for t in self.full)
-        return {
-            "mean": sum(float(t.double().sum()) for t in self.full) / count,
-            "min": min(float(t.min()) for t in self.full),
-            "max": max(float(t.max()) for t in self.full),
-        }
+        # Reduced on the device, read back once (not three reads per tensor).
+        total = torch.stack([t.double().sum() for t in self.full]).sum()
+        low = torch.stack([t.min() for t in self.full]).min().double()
+        high = torch.stack([t.max() for t in self.full]).max().double()
+        total_value, low_value, high_value = torch.stack([total, low, high]).tolist()
+        return {"mean": total_value / count, "min": low_value, "max": high_value}
 
     def state_dict(self) -> dict:
         """``{"factors": [tensor or (rows, cols), ...]}``: the live tensors (references, no copy)."""

@@ -159,11 +159,16 @@ class Worker:
 
     def checksum(self) -> str:
         """A cheap fingerprint of the base weights, to check that workers agree: their raw bytes,
-        hashed tensor by tensor (any dtype, bfloat16 included; a device tensor is copied one at a time),
+        hashed tensor by tensor (any dtype, bfloat16 included; tensors on a GPU come over in one copy),
         then the genome's step sizes if it has any (separable NES)."""
         digest = hashlib.blake2b(digest_size=8)
         sizes = getattr(self.genome, "step_sizes", None)
-        for tensor in [*self.space.tensors, *(sizes.tensors() if sizes is not None else ())]:
+        tensors = [*self.space.tensors, *(sizes.tensors() if sizes is not None else ())]
+        devices = {t.device for t in tensors}
+        if len(devices) == 1 and devices.pop().type != "cpu":
+            # One copy to the host for all of them (the same bytes in the same order: the same digest).
+            tensors = [torch.cat([t.detach().contiguous().reshape(-1).view(torch.uint8) for t in tensors])]
+        for tensor in tensors:
             digest.update(tensor_bytes(tensor))
         return digest.hexdigest()
 

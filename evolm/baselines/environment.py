@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from evolm.data import Corpus
-from evolm.models.base import sample_next
+from evolm.models.base import NonFiniteLogits, sample_next
 
 
 class TokenEnvironment:
@@ -81,9 +81,12 @@ class TokenEnvironment:
         return self.text, reward, False, truncated, {}
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """One token per row (shape ``(rows,)``), drawn on the CPU generator: the same draws on CPU and GPU."""
-    return sample_next(logits, temperature, generator).squeeze(1)
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator, invalid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One token per row (shape ``(rows,)``), drawn on the CPU generator: the same draws on CPU and GPU.
+    ``invalid``: a device flag set on NaN probabilities, read by the caller once (see :func:`sample_next`)."""
+    return sample_next(logits, temperature, generator, invalid).squeeze(1)
 
 
 @torch.no_grad()
@@ -96,10 +99,14 @@ def rollout(policy, environment: TokenEnvironment, temperature: float, generator
     observation, _ = environment.reset(options=None if prompts is None else {"prompts": prompts})
     logits, state = policy.prefill(observation)
     rewards, truncated = [], False
+    # NaN probabilities are flagged on the device and read once after the last token, not once per token.
+    invalid = torch.zeros((), dtype=torch.bool, device=logits.device) if temperature > 0 else None
     while not truncated:
-        action = sample_tokens(logits, temperature, generator)
+        action = sample_tokens(logits, temperature, generator, invalid)
         observation, reward, _, truncated, _ = environment.step(action)
         rewards.append(reward)
         if not truncated:
             logits, state = policy.step(action.unsqueeze(1), state)
+    if invalid is not None and bool(invalid):
+        raise NonFiniteLogits("probability tensor contains NaN: the policy's logits were not finite while it wrote")
     return observation, torch.stack(rewards, dim=1)

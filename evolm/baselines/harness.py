@@ -27,6 +27,7 @@ from pathlib import Path
 
 import tomli_w
 import torch
+from torch import nn
 
 from evolm.adapters import unwrap
 from evolm.assembly import load_corpus
@@ -50,6 +51,11 @@ TASK_TRAINING_OF_METHOD = {
     "mezo": {"task_fitness": "likelihood", "task_normalise": "none", "task_decoding": "none"},
     "reinforce": {"task_fitness": "self", "task_normalise": "batch-mean", "task_decoding": "sample"},
 }
+
+
+def weights_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite, read from the device once (not once per tensor)."""
+    return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
 
 
 def check_positive(name: str, value, allow_none: bool = False) -> None:
@@ -195,14 +201,14 @@ class BaselineRun:
 
         With a task, the task's report instead: held-out reward (greedy), ``kl_from_initial``, distinct-2."""
         if self.task is not None:
-            if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            if not weights_finite(self.model):
                 return {"reward": math.nan, "kl_from_initial": math.nan, "distinct_2": math.nan}
             training = self.model.training
             self.model.eval()
             figures = self.task.report(self.model)
             self.model.train(training)
             return figures
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        if not weights_finite(self.model):
             return {"self_score": math.nan, "distinct_2": math.nan}
         fitness = self.config.fitness
         prompts = self.val_batch.inputs[: fitness.prompts, : min(fitness.prompt_tokens, self.config.model.context)]
@@ -252,7 +258,7 @@ class BaselineRun:
         self.forward_tokens += int(forward_tokens)
         self.steps_done += 1
         # A diverged model (a non-finite weight) ends the run with its scores logged, never a crash.
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        if not weights_finite(self.model):
             self.diverged = True
             self.log(f"evolm: {self.method} diverged at step {self.steps_done - 1} (non-finite weights); stopping")
 
