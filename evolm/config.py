@@ -87,8 +87,8 @@ class GenomeConfig:
     name: str | None = None  # seed | lowrank | vector; None: the strategy's default (STRATEGY_DEFAULTS)
     params: str | None = None  # regex over parameter names: which tensors evolve; None: the strategy's default
     rank: int = 1  # lowrank: rank r of each matrix perturbation (EGGROLL uses r = 1 at scale)
-    # lowrank: individuals per EGGROLL batched pass; 1 = one at a time in place; 0 = by device: 1 on CPU
-    # (fastest on 2 CPU cores, benchmarks/throughput.py), 16 on CUDA (EGGROLL's regime, not measured here)
+    # lowrank: individuals per EGGROLL batched pass; 1 = one at a time in place; 0 = by device and fitness:
+    # scoring fixed text 1 on CPU (fastest on 2 cores, benchmarks/throughput.py) and 16 on CUDA; writing 16
     batch_individuals: int = 0
 
 
