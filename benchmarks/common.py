@@ -69,3 +69,12 @@ def print_table(headers: list[str], rows: list[list]) -> None:
     print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)))
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+def antithetic_genes(counter, population: int) -> list:
+    """An ES population of antithetic pairs (scale 0.02) with seeds ``counter`` never gave before."""
+    genes = []
+    for _ in range(population // 2):
+        seed = next(counter)
+        genes += [[(seed, 0.02)], [(seed, -0.02)]]
+    return genes

@@ -23,7 +23,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from common import interleaved, summary
+from common import antithetic_genes, interleaved, summary
 
 from evolm.config import build_config
 from evolm.engine import make_worker
@@ -32,14 +32,6 @@ from evolm.individuals import make_individual
 from evolm.population_writing import population_write
 
 WRITING_TERMS = "diversity=1"  # a term that reads nothing but the continuations
-
-
-def _ask(counter, population: int) -> list:
-    genes = []
-    for _ in range(population // 2):
-        seed = next(counter)
-        genes += [[(seed, 0.02)], [(seed, -0.02)]]
-    return genes
 
 
 def measure_generation(overrides, repeats: int, population: int, write_chunks, settings) -> dict:
@@ -72,7 +64,7 @@ def measure_generation(overrides, repeats: int, population: int, write_chunks, s
                 population_write(replica.model, replica.genome, genes[start : start + chunk], writing)
 
         def call():
-            genes = _ask(counter, population)
+            genes = antithetic_genes(counter, population)
             if python_threads == 1:
                 return one(worker, genes)
             half = len(genes) // 2
@@ -83,7 +75,7 @@ def measure_generation(overrides, repeats: int, population: int, write_chunks, s
 
     def evaluate(chosen, python_threads):
         def call():
-            genes = _ask(counter, population)
+            genes = antithetic_genes(counter, population)
             if python_threads == 1:
                 return chosen.worker.evaluate(genes, 0)
             return chosen.evaluate([make_individual(g) for g in genes], 0)

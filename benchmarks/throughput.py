@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, print_table, summary, write_result  # noqa: E402
+from common import antithetic_genes, interleaved, print_table, summary, write_result  # noqa: E402
 from generation_throughput import measure_generation  # noqa: E402
 
 from evolm.config import build_config  # noqa: E402
@@ -47,15 +47,6 @@ from evolm.models import count_parameters  # noqa: E402
 
 SIZES = {"default": [], "4x": [("model.width", 128), ("model.ff", 512)]}
 PLAIN_BATCHES = (16, 32, 64)  # 8 and 128 rows were never the fastest here
-
-
-def ask(counter, population: int) -> list:
-    """An ES population of antithetic pairs with seeds never used before in this process."""
-    genes = []
-    for _ in range(population // 2):
-        seed = next(counter)
-        genes += [[(seed, 0.02)], [(seed, -0.02)]]
-    return genes
 
 
 def measure(overrides, repeats: int, population: int, chunks, settings) -> dict:
@@ -88,7 +79,7 @@ def measure(overrides, repeats: int, population: int, chunks, settings) -> dict:
             for replica in chosen.replicas:
                 replica.population_chunk = chunk
             chosen._batch_multiple = max(1, chunk)
-            population_genes = ask(counter, population)
+            population_genes = antithetic_genes(counter, population)
             if python_threads == 1:
                 return chosen.worker.evaluate(population_genes, 0)
             return chosen.evaluate([make_individual(genes) for genes in population_genes], 0)

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SIZES
 
 from evolm.config import build_config
 from evolm.data import Corpus
@@ -370,18 +371,11 @@ def test_context_is_deterministic_per_generation_and_leaves_global_rng_alone(cor
 # Self-feedback collapse in 40 generations: tiny GPT, population 16, learning rate 0.1 so that the self
 # term has time to reward over-confident, repetitive text.
 COLLAPSE = [
-    ("model.width", 32),
-    ("model.layers", 1),
-    ("model.heads", 2),
-    ("model.ff", 64),
-    ("model.context", 32),
-    ("data.batch_size", 8),
-    ("data.val_sequences", 16),
+    *TINY_SIZES,
     ("strategy.population_size", 16),
     ("strategy.learning_rate", 0.1),
     ("strategy.sigma", 0.02),
     ("generations", 40),
-    ("threads", 1),
 ]
 
 
