@@ -33,8 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, print_table, summary, write_result  # noqa: E402
-from throughput import ask  # noqa: E402
+from common import antithetic_genes, interleaved, print_table, summary, write_result  # noqa: E402
 
 from evolm.config import build_config  # noqa: E402
 from evolm.data import Batch  # noqa: E402
@@ -117,7 +116,7 @@ def scoring(overrides, device: str, population: int, chunks, plain_rows, repeats
     def evaluate(worker, chunk):
         def call():
             worker.population_chunk = chunk
-            worker.evaluate(ask(counter, population), 0)
+            worker.evaluate(antithetic_genes(counter, population), 0)
 
         return call
 
@@ -165,8 +164,8 @@ def generation(overrides, device: str, population: int, prompts: int, new_tokens
             prompt, new_tokens, seed.fitness.temperature, torch.Generator().manual_seed(0)
         )
         tokens[f"plain {rows}"] = rows * new_tokens
-    functions["seed"] = lambda: seed.evaluate(ask(counter, population), 0)
-    functions["lowrank 1"] = lambda: lowrank.evaluate(ask(counter, population), 0)
+    functions["seed"] = lambda: seed.evaluate(antithetic_genes(counter, population), 0)
+    functions["lowrank 1"] = lambda: lowrank.evaluate(antithetic_genes(counter, population), 0)
     tokens |= {"seed": per_call, "lowrank 1": per_call}
     dev = torch.device(device)
     times = interleaved({name: synced(f, dev) for name, f in functions.items()}, repeats=repeats)
