@@ -38,7 +38,7 @@ threads contend for the GIL over it. Against a hand-written GPT forward over the
 (the default model, 16 x 64 tokens, 2 CPU cores, interleaved in one process), it ran at 0.96x on
 one thread and 0.93x on two at 2 individuals a pass, 0.98x / 0.96x at 4, 1.0x / 0.97x at 16: more
 than noise where benchmarks/throughput.py's batched rate is taken (2 individuals). So the GPT keeps
-that forward (:func:`gpt_population_logits`; a subclass takes the general pass). The LSTM has none: its
+that forward (:mod:`evolm.population_gpt`; a subclass takes the general pass). The LSTM has none: its
 replacement ran 1.2x (one thread) to 1.35x (two) its old hand-written pass (a multiply-add a step, not three).
 
 The factors are drawn exactly as :class:`evolm.genome.LowRankGenome` draws them, so a batched
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,8 @@ from torch.utils._pytree import tree_map
 
 from evolm.genome import LowRankGenome, gene_entries, mask_has
 from evolm.models.base import to_device
-from evolm.models.gpt import GPT, Block
+from evolm.models.gpt import GPT
+from evolm.population_gpt import gpt_population_pass
 
 
 class PopulationDelta:
@@ -366,25 +367,12 @@ def general_population_logits(model: nn.Module, tokens: torch.Tensor, delta: Pop
 
 @torch.no_grad()
 def gpt_population_logits(model: GPT, tokens: torch.Tensor, delta: PopulationDelta) -> torch.Tensor:
-    """The GPT's fast path (see "Speed" above): its forward written out on (P, B*T, width), with the
-    same per-individual operations as the general pass."""
-    population = delta.size
+    """The GPT's fast path (see "Speed" above): (P, B, T, vocab) logits of ``tokens`` (B, T) for every
+    individual, from the forward written out in :func:`evolm.population_gpt.gpt_population_pass`."""
     batch, time = tokens.shape
-    ids = tokens.reshape(1, -1).expand(population, -1)
-    positions = torch.arange(time, device=tokens.device).repeat(batch).expand(population, -1)
-    x = delta.embedding(ids, model.token_embedding.weight) + delta.embedding(positions, model.position_embedding.weight)
-    for block in cast("list[Block]", model.blocks):
-        attn, width = block.attn, x.shape[-1]
-        qkv = delta.linear(delta.layer_norm(x, block.norm1), attn.qkv.weight, attn.qkv.bias)
-        shape = (population * batch, time, attn.heads, width // attn.heads)
-        q, k, v = (t.view(shape).transpose(1, 2) for t in qkv.split(width, dim=2))
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        attended = attended.transpose(1, 2).reshape(population, batch * time, width)
-        x = x + delta.linear(attended, attn.proj.weight, attn.proj.bias)
-        h = F.gelu(delta.linear(delta.layer_norm(x, block.norm2), block.fc.weight, block.fc.bias))
-        x = x + delta.linear(h, block.fc_out.weight, block.fc_out.bias)
-    logits = delta.linear(delta.layer_norm(x, model.norm), model.head.weight, model.head.bias)
-    return logits.reshape(population, batch, time, -1)
+    ids = tokens.reshape(1, -1).expand(delta.size, -1)
+    logits, _ = gpt_population_pass(model, delta, ids, rows=batch)
+    return logits.reshape(delta.size, batch, time, -1)
 
 
 @torch.no_grad()

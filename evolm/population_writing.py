@@ -21,18 +21,18 @@ the GPT, the LSTM and a Hugging Face GPT-2 against writing one individual at a t
 from __future__ import annotations
 
 import contextlib
-from typing import Any, cast
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from evolm.fitness import Writing
 from evolm.fitness_terms import GENERATION_TERMS, parse_terms
 from evolm.genome import LowRankGenome
 from evolm.models.base import _race_noise, device_generator
-from evolm.models.gpt import GPT, Block
+from evolm.models.gpt import GPT
 from evolm.population import PopulationDelta, population_forwards, supports_population
+from evolm.population_gpt import gpt_population_pass
 from evolm.tasks.fitness import uses_task
 
 # What a writing pass may keep of every individual's whole tensors (biases, norms, an LSTM's W_hh, a
@@ -84,37 +84,21 @@ def _sample(
 
 
 class _GPTWriter:
-    """The GPT's prefill and step written out on (P, B*t, width), as :func:`evolm.population.gpt_population_logits`
-    writes its forward (no module hooks: a step is small, and the hooks' Python cost per module is a large
-    share of it). The same cache, windows and rebuilds as :class:`evolm.models.gpt.GPT`."""
+    """The GPT's prefill and step on (P, B*t, width) through :func:`evolm.population_gpt.gpt_population_pass`
+    (no module hooks: a step is small, and the hooks' Python cost per module is a large share of it). The
+    same cache, windows and rebuilds as :class:`evolm.models.gpt.GPT`."""
 
     def __init__(self, model: GPT, delta: PopulationDelta):
         self.model, self.delta = model, delta
 
     def _run(self, tokens: torch.Tensor, start: int, caches=None):
-        model, delta = self.model, self.delta
-        population, rows, time = delta.size, tokens.shape[0], tokens.shape[1]
-        ids = tokens.reshape(population, -1)
-        positions = torch.arange(start, start + time, device=tokens.device).repeat(rows // population)
-        x = delta.embedding(ids, model.token_embedding.weight)
-        x = x + delta.embedding(positions.expand(population, -1), model.position_embedding.weight)
-        new_caches = []
-        for index, block in enumerate(cast("list[Block]", model.blocks)):
-            attn, width = block.attn, x.shape[-1]
-            qkv = delta.linear(delta.layer_norm(x, block.norm1), attn.qkv.weight, attn.qkv.bias)
-            shape = (rows, time, attn.heads, width // attn.heads)
-            q, k, v = (t.reshape(shape).transpose(1, 2) for t in qkv.split(width, dim=2))
-            if caches is not None:
-                k = torch.cat([caches[index][0], k], dim=2)
-                v = torch.cat([caches[index][1], v], dim=2)
-            attended = F.scaled_dot_product_attention(q, k, v, is_causal=caches is None)
-            attended = attended.transpose(1, 2).reshape(population, -1, width)
-            x = x + delta.linear(attended, attn.proj.weight, attn.proj.bias)
-            h = F.gelu(delta.linear(delta.layer_norm(x, block.norm2), block.fc.weight, block.fc.bias))
-            x = x + delta.linear(h, block.fc_out.weight, block.fc_out.bias)
-            new_caches.append((k, v))
-        logits = delta.linear(delta.layer_norm(x, model.norm), model.head.weight, model.head.bias)
-        return logits.reshape(rows, time, -1), new_caches
+        """Logits (P*B, t, vocab) of the stacked ``tokens`` (P*B, t), and every block's keys and values."""
+        population, time = self.delta.size, tokens.shape[1]
+        rows = tokens.shape[0] // population
+        logits, caches = gpt_population_pass(
+            self.model, self.delta, tokens.reshape(population, -1), rows, start, caches, keep_cache=True
+        )
+        return logits.reshape(population * rows, time, -1), caches
 
     def prefill(self, prompt: torch.Tensor):
         window = prompt[:, -self.model.config.context :]
