@@ -88,15 +88,16 @@ class _GPTWriter:
     (no module hooks: a step is small, and the hooks' Python cost per module is a large share of it). The
     same cache, windows and rebuilds as :class:`evolm.models.gpt.GPT`."""
 
-    def __init__(self, model: GPT, delta: PopulationDelta):
+    def __init__(self, model: GPT, delta: PopulationDelta, longest: int):
         self.model, self.delta = model, delta
+        self.capacity = min(longest, model.config.context)  # positions the cache will hold at most
 
     def _run(self, tokens: torch.Tensor, start: int, caches=None):
         """Logits (P*B, t, vocab) of the stacked ``tokens`` (P*B, t), and every block's keys and values."""
         population, time = self.delta.size, tokens.shape[1]
         rows = tokens.shape[0] // population
         logits, caches = gpt_population_pass(
-            self.model, self.delta, tokens.reshape(population, -1), rows, start, caches, keep_cache=True
+            self.model, self.delta, tokens.reshape(population, -1), rows, start, caches, True, self.capacity
         )
         return logits.reshape(population * rows, time, -1), caches
 
@@ -131,7 +132,8 @@ def population_write(model: nn.Module, genome: LowRankGenome, genes_list: list, 
     stacked = prompts.repeat(population, 1)  # individual i's rows: i*B .. (i+1)*B - 1
     # The GPT's own writer (exact type: a subclass may change its forward); any other model runs its own
     # prefill and step with every evolving module replaced (evolm.population.population_forwards).
-    writer: Any = _GPTWriter(model, delta) if type(model) is GPT else model
+    longest = prompts.shape[1] + new_tokens
+    writer: Any = _GPTWriter(model, delta, longest) if type(model) is GPT else model
     with contextlib.nullcontext() if type(model) is GPT else population_forwards(model, delta):
         logits, state = writer.prefill(stacked)
         generator = device_generator(torch.Generator().manual_seed(writing.seed), logits.device)
